@@ -1,0 +1,1 @@
+"""Baton command-line interface."""

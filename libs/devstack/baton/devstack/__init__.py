@@ -1,0 +1,1 @@
+"""Embedded development stack: real nats-server and PostgreSQL from PyPI packages, supervised."""

@@ -1,0 +1,1 @@
+"""Baton event library: envelope, schemas, store, projections, bus helpers."""

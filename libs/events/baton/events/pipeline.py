@@ -1,0 +1,166 @@
+"""Pipeline definitions: the document users write in YAML (or PUT as JSON).
+
+Validation here is complete enough that a definition which passes can run: step
+names are unique, every ``uses`` is a known action kind with the settings it needs,
+and every condition expression compiles.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from baton.events.expressions import ExpressionError, compile_expression
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$"
+PYTHON_REF_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+ACTION_KINDS = ("shell", "http", "python")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+
+
+class TriggerMatch(BaseModel):
+    """Which triggers start the pipeline: a type, optionally narrowed by environment and resource type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    environment: str | None = None
+    resource_type: str | None = None
+
+
+class ShellSettings(BaseModel):
+    """Settings of a ``shell`` action."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: str | list[str] = Field(description="A shell string (run by /bin/sh) or an argv list.")
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout_ms: int = Field(default=300_000, ge=1, le=86_400_000)
+
+
+class HttpSettings(BaseModel):
+    """Settings of an ``http`` action."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    method: str = "GET"
+    json_body: Any = Field(default=None, alias="json")
+    headers: dict[str, str] = Field(default_factory=dict)
+    expected_status: list[int] | int | None = Field(
+        default=None, description="Status code(s) that count as success; default any 2xx."
+    )
+    timeout_ms: int = Field(default=30_000, ge=1, le=3_600_000)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in HTTP_METHODS:
+            raise ValueError(f"method must be one of {', '.join(HTTP_METHODS)}")
+        return upper
+
+
+class PythonSettings(BaseModel):
+    """Settings of a ``python`` action or condition: a ``module:function`` reference."""
+
+    model_config = ConfigDict(extra="allow")
+    ref: str = Field(description="'package.module:function', sync or async, receiving a StepContext.")
+    timeout_ms: int = Field(default=300_000, ge=1, le=86_400_000)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_shape(cls, value: str) -> str:
+        if not PYTHON_REF_RE.match(value):
+            raise ValueError("ref must look like 'package.module:function'")
+        return value
+
+
+SETTINGS_BY_KIND: dict[str, type[BaseModel]] = {
+    "shell": ShellSettings,
+    "http": HttpSettings,
+    "python": PythonSettings,
+}
+
+
+class ActionStep(BaseModel):
+    """A step that does work on a worker and stores its result under its name."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=STEP_NAME_PATTERN)
+    type: Literal["action"]
+    uses: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> ActionStep:
+        if self.uses not in SETTINGS_BY_KIND:
+            raise ValueError(f"uses: unknown action kind {self.uses!r}; known: {', '.join(ACTION_KINDS)}")
+        SETTINGS_BY_KIND[self.uses].model_validate(self.with_)
+        return self
+
+
+class ConditionStep(BaseModel):
+    """A step that decides whether the run goes on: a CEL expression or a python reference."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=STEP_NAME_PATTERN)
+    type: Literal["condition"]
+    if_: str | None = Field(default=None, alias="if", description="CEL expression over trigger/context/config.")
+    uses: Literal["python"] | None = None
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ConditionStep:
+        if (self.if_ is None) == (self.uses is None):
+            raise ValueError("a condition needs exactly one of 'if' (an expression) or 'uses: python'")
+        if self.if_ is not None:
+            try:
+                compile_expression(self.if_)
+            except ExpressionError as exc:
+                raise ValueError(f"if: {exc}") from exc
+        else:
+            PythonSettings.model_validate(self.with_)
+        return self
+
+
+Step = Annotated[ActionStep | ConditionStep, Field(discriminator="type")]
+
+
+class PipelineDefinition(BaseModel):
+    """A pipeline: trigger match, config and ordered steps. Versioned by the store."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=2000)
+    trigger: TriggerMatch
+    config: dict[str, Any] = Field(default_factory=dict)
+    steps: list[Step] = Field(min_length=1, max_length=200)
+    enabled: bool = True
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_names(cls, steps: list[ActionStep | ConditionStep]) -> list[ActionStep | ConditionStep]:
+        seen: set[str] = set()
+        for step in steps:
+            if step.name in seen:
+                raise ValueError(f"duplicate step name {step.name!r}")
+            seen.add(step.name)
+        return steps
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON form, with the same field names as the YAML ('with', 'if')."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def matches(
+        self, trigger_type: str, environment: str | None, resource_type: str | None
+    ) -> bool:
+        """True when an enabled pipeline's trigger filter accepts these trigger fields."""
+        match = self.trigger
+        return (
+            self.enabled
+            and match.type == trigger_type
+            and (match.environment is None or match.environment == environment)
+            and (match.resource_type is None or match.resource_type == resource_type)
+        )

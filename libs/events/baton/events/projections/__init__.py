@@ -1,0 +1,1 @@
+"""Projections: pure reducers folding events into read models."""

@@ -1,0 +1,1 @@
+"""HTTP API: definitions, projections, timelines, webhook ingestion."""

@@ -1,0 +1,1 @@
+"""Run router (triggers -> runs -> steps -> results) and the worker runtime."""

@@ -1,0 +1,1 @@
+"""Built-in action kinds executed by workers."""
