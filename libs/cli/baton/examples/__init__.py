@@ -1,0 +1,1 @@
+"""Handlers used by the example pipelines in ``examples/``."""

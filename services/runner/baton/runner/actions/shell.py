@@ -1,0 +1,145 @@
+"""The `shell` action: run a command in its own process group with bounded output capture."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from baton.events.messages import MAX_LOG_LINES, WorkItem
+from baton.events.pipeline import ShellSettings
+
+from .context import ActionFailed, StepContext
+
+OUTPUT_TAIL_BYTES = 64 * 1024
+"""How much of the end of stdout and of stderr is kept; earlier output is dropped and counted."""
+LOG_TAIL_LINES = MAX_LOG_LINES // 2
+"""At most this many trailing lines of each stream are copied into the step log."""
+ERROR_STDERR_CHARS = 2_000
+READ_CHUNK = 64 * 1024
+
+
+class OutputTail:
+    """The last `limit` bytes of a stream, plus how many bytes came before them."""
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Append `chunk`, discarding the oldest bytes beyond the limit."""
+        self.buffer.extend(chunk)
+        excess = len(self.buffer) - self.limit
+        if excess > 0:
+            del self.buffer[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        """The kept bytes as text, prefixed with a marker when earlier output was dropped."""
+        # A cut can land inside a multi-byte character: "replace" keeps the rest readable.
+        body = self.buffer.decode("utf-8", errors="replace")
+        if self.dropped:
+            return f"…[truncated {self.dropped} bytes]\n{body}"
+        return body
+
+
+async def _drain_stream(stream: asyncio.StreamReader | None, tail: OutputTail) -> None:
+    if stream is None:
+        return
+    while chunk := await stream.read(READ_CHUNK):
+        tail.feed(chunk)
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    # The child was started in a new session, so its pid is also its process-group id: killing
+    # the group takes down whatever the shell spawned, not just the shell.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _spawn(settings: ShellSettings) -> asyncio.subprocess.Process:
+    argv = ["/bin/sh", "-c", settings.command] if isinstance(settings.command, str) else settings.command
+    if not argv:
+        raise ActionFailed("shell: command is an empty list")
+    env = {**os.environ, **settings.env}
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=settings.cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        missing = exc.filename or argv[0]
+        raise ActionFailed(f"shell: cannot start {argv[0]!r}: no such file or directory ({missing})") from exc
+    except OSError as exc:
+        raise ActionFailed(f"shell: cannot start {argv[0]!r}: {exc}") from exc
+
+
+def _log_tail(ctx: StepContext, text: str, level: str) -> None:
+    lines = text.splitlines()
+    for line in lines[-LOG_TAIL_LINES:]:
+        ctx.log(line, level=level)
+
+
+async def run_command(settings: ShellSettings, ctx: StepContext) -> dict[str, Any]:
+    """Run the command of `settings`; return exit code and output tails, or raise ActionFailed."""
+    process = await _spawn(settings)
+    stdout, stderr = OutputTail(), OutputTail()
+    readers = asyncio.gather(_drain_stream(process.stdout, stdout), _drain_stream(process.stderr, stderr))
+    timeout_s = settings.timeout_ms / 1000
+    timed_out = False
+    try:
+        try:
+            await asyncio.wait_for(process.wait(), timeout_s)
+        except TimeoutError:
+            timed_out = True
+        # The step ends when its process ends. Anything it left running in its group (a
+        # background job still holding the pipes open) is killed so the readers reach EOF
+        # and nothing outlives the step on this worker.
+        _kill_group(process)
+        await readers
+    finally:
+        # Reached with the process still alive only when this task is cancelled (worker stop).
+        if process.returncode is None:
+            _kill_group(process)
+        if not readers.done():
+            readers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await readers
+    out_text, err_text = stdout.text(), stderr.text()
+    _log_tail(ctx, out_text, "info")
+    _log_tail(ctx, err_text, "warning")
+    if timed_out:
+        raise ActionFailed(f"shell: timed out after {settings.timeout_ms} ms (process group killed)")
+    exit_code = process.returncode
+    if exit_code is None:  # pragma: no cover - wait() returned, so the code is known
+        raise ActionFailed("shell: process ended without an exit status")
+    if exit_code != 0:
+        how = f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
+        tail = err_text.strip()[-ERROR_STDERR_CHARS:]
+        raise ActionFailed(f"shell: command {how}" + (f"; stderr: {tail}" if tail else ""))
+    result: dict[str, Any] = {"exit_code": exit_code, "stdout": out_text.strip(), "stderr": err_text}
+    if not stdout.dropped and result["stdout"]:
+        with contextlib.suppress(ValueError):
+            result["json"] = json.loads(result["stdout"])
+    return result
+
+
+async def execute(item: WorkItem, ctx: StepContext, http_client: httpx.AsyncClient) -> Any:
+    """Action handler for `uses: shell`."""
+    try:
+        settings = ShellSettings.model_validate(ctx.settings)
+    except ValidationError as exc:
+        raise ActionFailed(f"shell: invalid settings: {exc}") from exc
+    return await run_command(settings, ctx)

@@ -1,0 +1,103 @@
+"""Trigger intake as a pure decision: an accepted trigger and its matches -> one atomic unit.
+
+The trigger's stream and every run it starts are appended together with
+``NO_STREAM`` expectations, so a redelivered trigger (same trigger id, same run ids)
+conflicts instead of creating a second set of runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from baton.events.catalogue import MatchedRun, TriggerReceived, TriggerRejected
+from baton.events.envelope import EventMetadata
+from baton.events.store import NO_STREAM, AppendRequest
+from baton.events.trigger import AcceptedTrigger, TriggerRejection, run_id_for
+from baton.runner.decide import Decision, create_run
+from baton.runner.definitions import PipelineVersion
+
+REJECTED_TENANT = "_rejected"
+MAX_EXCERPT = 512
+
+
+@dataclass(frozen=True)
+class TriggerIntake:
+    """What accepting a trigger means: the unit to append and the runs it starts."""
+
+    unit: list[AppendRequest]
+    runs: list[Decision]
+
+
+def trigger_snapshot(accepted: AcceptedTrigger) -> dict[str, Any]:
+    """The trigger as frozen into each run (what handlers and conditions see as ``trigger``)."""
+    message = accepted.message
+    return {
+        "trigger_id": accepted.trigger_id,
+        "tenant": accepted.tenant,
+        "type": accepted.type,
+        "source": message.source,
+        "resource_type": message.resource_type,
+        "resource_id": message.resource_id,
+        "environment": message.environment,
+        "payload": message.payload,
+        "idempotency_key": accepted.idempotency_key,
+        "triggered_by": message.triggered_by,
+    }
+
+
+def accept_trigger(
+    accepted: AcceptedTrigger, matches: list[PipelineVersion], subject: str, now: datetime
+) -> TriggerIntake:
+    """Decide the events for an accepted trigger: trigger_received plus a started run per match."""
+    trigger_id = accepted.trigger_id
+    snapshot = trigger_snapshot(accepted)
+    runs = [
+        create_run(
+            run_id=run_id_for(trigger_id, match.name),
+            tenant=accepted.tenant,
+            pipeline=match.name,
+            pipeline_version=match.version,
+            definition=match.document,
+            trigger=snapshot,
+            now=now,
+            metadata=EventMetadata(causation_id=trigger_id, correlation_id=trigger_id, actor="runner"),
+        )
+        for match in matches
+    ]
+    received = TriggerReceived(
+        trigger_id=trigger_id,
+        tenant=accepted.tenant,
+        source=accepted.message.source,
+        type=accepted.type,
+        resource_type=accepted.message.resource_type,
+        resource_id=accepted.message.resource_id,
+        environment=accepted.message.environment,
+        payload=accepted.message.payload,
+        idempotency_key=accepted.idempotency_key,
+        triggered_by=accepted.message.triggered_by,
+        subject=subject,
+        runs=[
+            MatchedRun(run_id=d.state.run_id, pipeline=d.state.pipeline, pipeline_version=d.state.pipeline_version)
+            for d in runs
+        ],
+    ).to_event(EventMetadata(correlation_id=trigger_id, actor="runner"), now)
+    unit = [AppendRequest(f"trigger-{trigger_id}", accepted.tenant, [received], NO_STREAM)]
+    unit.extend(AppendRequest(d.state.stream_id, accepted.tenant, d.events, NO_STREAM) for d in runs)
+    return TriggerIntake(unit=unit, runs=runs)
+
+
+def reject_trigger(rejection: TriggerRejection, subject: str, body: bytes, now: datetime) -> AppendRequest:
+    """The append recording a rejected trigger message, with an excerpt of what was sent."""
+    event = TriggerRejected(
+        trigger_id=rejection.trigger_id,
+        tenant=rejection.tenant,
+        subject=subject,
+        reason=rejection.reason,
+        detail=rejection.detail,
+        body_excerpt=body[:MAX_EXCERPT].decode("utf-8", errors="replace"),
+    ).to_event(EventMetadata(correlation_id=rejection.trigger_id, actor="runner"), now)
+    return AppendRequest(
+        f"trigger-{rejection.trigger_id}", rejection.tenant or REJECTED_TENANT, [event], NO_STREAM
+    )

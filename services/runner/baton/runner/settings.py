@@ -1,0 +1,20 @@
+"""Runner service settings (environment ``BATON_*``), loaded once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from baton.events.settings import ServiceSettings
+
+
+class RunnerSettings(ServiceSettings):
+    """How the run router consumes triggers, dispatches work and relays events."""
+
+    relay: bool = Field(default=True, description="Run the event relay (store -> NATS EVENTS) in this process.")
+    intake_batch: int = Field(default=256, ge=1, le=5000, description="Triggers fetched per pull.")
+    trigger_ack_wait_seconds: float = Field(default=15.0, ge=1.0, description="Redelivery delay of unacked triggers.")
+    max_trigger_deliveries: int = Field(default=10, ge=2, description="Attempts before a trigger is dead-lettered.")
+    redispatch_after_seconds: float = Field(
+        default=10.0, gt=0, description="Re-dispatch a step no worker picked up after this long."
+    )
+    max_trigger_bytes: int = Field(default=1_048_576, ge=1024)
