@@ -25,7 +25,7 @@ STAMP = VENV / ".baton-installed"
 
 def ensure_environment() -> None:
     """Create the virtualenv and install the project (with dev tools) if pyproject changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - runs on the system interpreter, before any venv
         sys.exit(f"Baton needs Python 3.11+, this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == digest:

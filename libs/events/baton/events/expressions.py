@@ -41,8 +41,9 @@ def compile_expression(source: str) -> Any:
 def evaluate_condition(source: str, variables: dict[str, Any]) -> bool:
     """Evaluate a boolean condition over JSON ``variables`` (trigger, context, config, run)."""
     program = compile_expression(source)
-    activation = {name: json_to_cel(variables.get(name) or {}) for name in ACTIVATION_NAMES}
     try:
+        # Conversion is inside the try: json_to_cel refuses integers beyond 64 bits anywhere in the data.
+        activation = {name: json_to_cel(variables.get(name) or {}) for name in ACTIVATION_NAMES}
         value = program.evaluate(activation)
     except CELEvalError as exc:
         raise ExpressionError(f"expression {source!r} failed: {exc.args[0] if exc.args else exc}") from exc
