@@ -192,7 +192,7 @@ def _step(index: int, **fields: Any) -> dict[str, Any]:
                 {"name": "check", "type": "condition", "if": "context.a >"},
             ],
             ["body", "steps", 1],
-            "if:",
+            "\"if\"",
             id="bad-cel",
         ),
         pytest.param(

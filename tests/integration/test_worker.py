@@ -208,26 +208,51 @@ async def test_redelivered_item_is_answered_without_running_again(
     assert handlers.EXECUTIONS[item.idempotency_key] == 1
 
 
+async def test_duplicate_of_an_item_in_flight_is_ignored(
+    client: NatsClient, subjects: Subjects, running_worker: RunningWorker
+) -> None:
+    gate = uuid.uuid4().hex
+    handlers.GATES[gate] = asyncio.Event()
+    async with running_worker():
+        item = make_item(subjects, "python", {"ref": f"{HANDLERS}:gated"}, trigger={"gate": gate})
+        received, at_least = await listen(client, item.reply_subject)
+        await dispatch(client, subjects, item)
+        await at_least(1)
+        await dispatch(client, subjects, item)
+        # One subscription hands messages to the worker in order: once this later item is
+        # answered, the duplicate before it has been dealt with.
+        sentinel = make_item(subjects, "python", {"ref": f"{HANDLERS}:add", "a": 0, "b": 0})
+        _, sentinel_replies = await listen(client, sentinel.reply_subject)
+        await dispatch(client, subjects, sentinel)
+        await sentinel_replies(2)
+        handlers.GATES[gate].set()
+        await at_least(2)
+    # The stopped worker confirmed its publishes with the server, which queued them to this
+    # client ahead of the PONG that ends this flush: every reply it ever sent is in `received`.
+    await flush_confirmed(client)
+    assert [type(parse_reply(msg)) for msg in received] == [StepProgress, StepOutcome]
+
+
 async def test_malformed_work_goes_to_the_dlq_and_the_worker_carries_on(
     client: NatsClient, subjects: Subjects, running_worker: RunningWorker
 ) -> None:
     dead, dead_at_least = await listen(client, subjects.dlq("work"))
     async with running_worker(name="w-dlq"):
         await client.publish(subjects.work("managed", TENANT, "demo"), b'{"kind": "work", "run_id": ')
-        await client.publish(subjects.work("managed", TENANT, "demo"), json.dumps({"kind": "work"}).encode())
+        await client.publish(subjects.work("managed", TENANT, "demo"), b'{"kind": "work"}')
         await flush_confirmed(client)
         await dead_at_least(2)
         item = make_item(subjects, "python", {"ref": f"{HANDLERS}:add", "a": 1, "b": 1})
         _, at_least = await listen(client, item.reply_subject)
         await dispatch(client, subjects, item)
         outcome = parse_reply((await at_least(2))[1])
-    records = [json.loads(msg.data) for msg in dead]
-    assert [record["reason"] for record in records] == ["invalid work item", "invalid work item"]
-    assert records[0]["raw"] == '{"kind": "work", "run_id": '
-    assert records[0]["subject"] == subjects.work("managed", TENANT, "demo")
-    assert records[0]["worker"] == "w-dlq"
-    assert "Invalid JSON" in records[0]["error"]
-    assert "tenant" in records[1]["error"]  # says which fields are missing
+    assert [msg.data for msg in dead] == [b'{"kind": "work", "run_id": ', b'{"kind": "work"}']
+    headers = [msg.headers or {} for msg in dead]
+    assert [h.get("Baton-Reason") for h in headers] == ["invalid_work_item", "invalid_work_item"]
+    assert headers[0]["Baton-Subject"] == subjects.work("managed", TENANT, "demo")
+    assert headers[0]["Baton-Worker"] == "w-dlq"
+    assert "Invalid JSON" in headers[0]["Baton-Detail"]
+    assert "tenant" in headers[1]["Baton-Detail"]  # says which fields are missing
     assert isinstance(outcome, StepOutcome) and outcome.ok and outcome.result == {"sum": 2}
 
 

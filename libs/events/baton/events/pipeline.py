@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from baton.events.expressions import ExpressionError, compile_expression
 
@@ -77,28 +77,37 @@ class PythonSettings(BaseModel):
         return value
 
 
-SETTINGS_BY_KIND: dict[str, type[BaseModel]] = {
-    "shell": ShellSettings,
-    "http": HttpSettings,
-    "python": PythonSettings,
-}
-
-
-class ActionStep(BaseModel):
+class _Action(BaseModel):
     """A step that does work on a worker and stores its result under its name."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=STEP_NAME_PATTERN)
     type: Literal["action"]
-    uses: str
-    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
-    @model_validator(mode="after")
-    def _known_kind(self) -> ActionStep:
-        if self.uses not in SETTINGS_BY_KIND:
-            raise ValueError(f"uses: unknown action kind {self.uses!r}; known: {', '.join(ACTION_KINDS)}")
-        SETTINGS_BY_KIND[self.uses].model_validate(self.with_)
-        return self
+
+class ShellAction(_Action):
+    """An action running a shell command."""
+
+    uses: Literal["shell"]
+    with_: ShellSettings = Field(alias="with")
+
+
+class HttpAction(_Action):
+    """An action making one HTTP request."""
+
+    uses: Literal["http"]
+    with_: HttpSettings = Field(alias="with")
+
+
+class PythonAction(_Action):
+    """An action calling a python function."""
+
+    uses: Literal["python"]
+    with_: PythonSettings = Field(alias="with")
+
+
+# Discriminated on `uses`, so an error points at the exact setting: steps.1.action.http.with.url.
+ActionStep = Annotated[ShellAction | HttpAction | PythonAction, Field(discriminator="uses")]
 
 
 class ConditionStep(BaseModel):
@@ -109,23 +118,37 @@ class ConditionStep(BaseModel):
     type: Literal["condition"]
     if_: str | None = Field(default=None, alias="if", description="CEL expression over trigger/context/config.")
     uses: Literal["python"] | None = None
-    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    with_: PythonSettings | None = Field(default=None, alias="with")
+
+    @field_validator("if_")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                compile_expression(value)
+            except ExpressionError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ConditionStep:
         if (self.if_ is None) == (self.uses is None):
             raise ValueError("a condition needs exactly one of 'if' (an expression) or 'uses: python'")
-        if self.if_ is not None:
-            try:
-                compile_expression(self.if_)
-            except ExpressionError as exc:
-                raise ValueError(f"if: {exc}") from exc
-        else:
-            PythonSettings.model_validate(self.with_)
+        if self.uses is not None and self.with_ is None:
+            raise ValueError("a python condition needs 'with: {ref: module:function}'")
         return self
 
 
-Step = Annotated[ActionStep | ConditionStep, Field(discriminator="type")]
+def _step_type(value: Any) -> str | None:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+# A callable discriminator on the outer union: its JSON schema is a plain oneOf, which
+# OpenAPI tools accept, while errors still carry the step type in their location.
+Step = Annotated[
+    Annotated[ActionStep, Tag("action")] | Annotated[ConditionStep, Tag("condition")],
+    Discriminator(_step_type),
+]
 
 
 class PipelineDefinition(BaseModel):
@@ -141,7 +164,7 @@ class PipelineDefinition(BaseModel):
 
     @field_validator("steps")
     @classmethod
-    def _unique_names(cls, steps: list[ActionStep | ConditionStep]) -> list[ActionStep | ConditionStep]:
+    def _unique_names(cls, steps: list[Step]) -> list[Step]:
         seen: set[str] = set()
         for step in steps:
             if step.name in seen:
@@ -151,7 +174,7 @@ class PipelineDefinition(BaseModel):
 
     def to_document(self) -> dict[str, Any]:
         """The JSON form, with the same field names as the YAML ('with', 'if')."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     def matches(
         self, trigger_type: str, environment: str | None, resource_type: str | None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -38,10 +37,11 @@ from .actions.context import StepContext, truncate_text
 from .actions.registry import bound_result, execute_action
 from .worker_settings import WorkerSettings
 
-log = logging.getLogger(__name__)
+# Named explicitly: under `python -m` this module is `__main__`.
+log = logging.getLogger("baton.runner.worker")
 
 MAX_ERROR_CHARS = 8_000
-DLQ_RAW_CHARS = 64 * 1024
+DLQ_DETAIL_CHARS = 1_000
 FLUSH_TIMEOUT_S = 5  # seconds; nats-py annotates flush(timeout) as int
 RECONNECT_WAIT_S = 1.0
 
@@ -87,7 +87,7 @@ def encode_outcome(outcome: StepOutcome, max_bytes: int) -> bytes:
     return data
 
 
-async def flush_confirmed(nc: NatsClient, timeout: int = FLUSH_TIMEOUT_S) -> None:
+async def flush_confirmed(nc: NatsClient, timeout: int = FLUSH_TIMEOUT_S) -> None:  # noqa: ASYNC109 - passed to flush()
     """Return once the server has processed everything this client sent before the call."""
     # nats-py 2.16's flush() writes its PING straight to the socket while earlier SUB/PUB
     # commands may still wait in the client's pending buffer, so the PONG can come back
@@ -129,6 +129,7 @@ class Worker:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._recent = RecentOutcomes()
         self._accepting = True
+        self._stopping = False
         self._closed = asyncio.Event()
         self._nc: NatsClient | None = None
         self._http: httpx.AsyncClient | None = None
@@ -172,8 +173,12 @@ class Worker:
             await self._shutdown(nc, subscription)
         finally:
             self._accepting = False
-            for task in list(self._in_flight.values()):
+            self._stopping = True
+            # Only non-empty when run() itself failed or was cancelled before a clean shutdown.
+            leftovers = list(self._in_flight.values())
+            for task in leftovers:
                 task.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
             await self._http.aclose()
             if not nc.is_closed:
                 await nc.close()
@@ -186,6 +191,8 @@ class Worker:
             log.warning("worker %s: NATS error: %s: %s", self.name, type(exc).__name__, exc)
 
         async def on_disconnected() -> None:
+            if self._stopping:  # closing the connection ourselves also reports a disconnect
+                return
             log.warning("worker %s: disconnected from NATS; reconnecting", self.name)
 
         async def on_reconnected() -> None:
@@ -206,7 +213,11 @@ class Worker:
                 closed_cb=on_closed,
             )
         )
-        await _wait_first(connecting, stop.wait())
+        try:
+            await _wait_first(connecting, stop.wait())
+        except asyncio.CancelledError:
+            connecting.cancel()
+            raise
         if not connecting.done():
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,6 +228,7 @@ class Worker:
 
     async def _shutdown(self, nc: NatsClient, subscription: Subscription) -> None:
         """Stop taking work, let in-flight items finish until the drain deadline, cancel the rest."""
+        self._stopping = True
         deadline = time.monotonic() + self.drain_seconds
         log.info("worker %s stopping: %d items in flight", self.name, len(self._in_flight))
         try:
@@ -259,17 +271,19 @@ class Worker:
         try:
             item = WorkItem.model_validate_json(msg.data)
         except ValidationError as exc:
-            await self._dead_letter(msg, "invalid work item", str(exc))
+            await self._dead_letter(msg, "invalid_work_item", str(exc))
             return
         key = item.idempotency_key
         log.debug("worker %s: received %s (%s)", self.name, key, item.uses)
-        if key in self._in_flight:
-            log.info("worker %s: %s is already running here; duplicate ignored", self.name, key)
-            return
+        # The stored outcome is checked first: it exists from the moment the outcome is known,
+        # while the task that produced it may still be publishing it.
         cached = self._recent.get(key)
         if cached is not None:
             log.info("worker %s: %s already finished here; re-sending its outcome", self.name, key)
             await self._publish(item.reply_subject, cached, flush=True)
+            return
+        if key in self._in_flight:
+            log.info("worker %s: %s is already running here; duplicate ignored", self.name, key)
             return
         await self._semaphore.acquire()
         if not self._accepting:
@@ -319,29 +333,31 @@ class Worker:
         except Exception:
             log.exception("worker %s: could not complete %s", self.name, item.idempotency_key)
 
-    async def _dead_letter(self, msg: Msg, reason: str, error: str) -> None:
-        log.warning("worker %s: %s on %s: %s", self.name, reason, msg.subject, truncate_text(error, 500))
-        record = {
-            "reason": reason,
-            "error": truncate_text(error, MAX_ERROR_CHARS),
-            "subject": msg.subject,
-            "worker": self.name,
-            "at": datetime.now(UTC).isoformat(),
-            "raw_bytes": len(msg.data),
-            "raw": truncate_text(msg.data.decode("utf-8", errors="replace"), DLQ_RAW_CHARS),
+    async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
+        """Publish the message as received to `<prefix>.dlq.work`, with why in `Baton-*` headers."""
+        log.warning("worker %s: %s on %s: %s", self.name, reason, msg.subject, truncate_text(detail, 500))
+        # Same shape as the runner's dead letters: the original bytes as the body, so an
+        # operator can inspect or re-publish them. Header values must be single-line.
+        headers = {
+            "Baton-Reason": reason,
+            "Baton-Detail": " | ".join(detail.splitlines())[:DLQ_DETAIL_CHARS],
+            "Baton-Subject": msg.subject,
+            "Baton-Worker": self.name,
         }
-        await self._publish(self.subjects.dlq("work"), json.dumps(record).encode(), flush=True)
+        await self._publish(self.subjects.dlq("work"), msg.data, headers=headers, flush=True)
 
     # --- NATS -------------------------------------------------------------------------
     def _max_payload(self) -> int:
         return self._nc.max_payload if self._nc is not None and self._nc.max_payload else 1024 * 1024
 
-    async def _publish(self, subject: str, data: bytes, *, flush: bool = False) -> None:
+    async def _publish(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None, flush: bool = False
+    ) -> None:
         """Publish without ever raising: a lost reply is recovered by the runner's re-dispatch."""
         if self._nc is None:
             return
         try:
-            await self._nc.publish(subject, data)
+            await self._nc.publish(subject, data, headers=headers)
             if flush:
                 await flush_confirmed(self._nc)
         except (nats.errors.Error, TimeoutError, OSError) as exc:
