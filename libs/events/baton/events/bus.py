@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -27,20 +26,23 @@ async def connect(url: str, name: str) -> NATS:
         log.warning("nats error: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected; reconnecting")
+        if not (client.is_closed or client.is_draining):  # a deliberate close is not news
+            log.warning("nats disconnected; reconnecting")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(
+    client = NATS()
+    await client.connect(
         servers=[url],
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+    return client
 
 
 def stream_configs(subjects: Subjects) -> list[StreamConfig]:
@@ -100,6 +102,11 @@ async def definitions_bucket(js: JetStreamContext, subjects: Subjects) -> KeyVal
             return await js.key_value(subjects.defs_bucket)
 
 
+def header_safe(value: str, limit: int = 1000) -> str:
+    """A header value without line breaks (NATS headers are line-based), bounded in length."""
+    return " | ".join(line.strip() for line in value.splitlines() if line.strip())[:limit]
+
+
 def headers_for(msg_id: str, **extra: Any) -> dict[str, str]:
     """Message headers with the JetStream de-duplication id and any extra string fields."""
-    return {"Nats-Msg-Id": msg_id, **{k: str(v) for k, v in extra.items() if v is not None}}
+    return {"Nats-Msg-Id": msg_id, **{k: header_safe(str(v)) for k, v in extra.items() if v is not None}}

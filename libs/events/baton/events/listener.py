@@ -41,7 +41,9 @@ async def listen_for_commits(
                             next_notify.cancel()
                 finally:
                     stop_task.cancel()
-        except (psycopg.Error, OSError, StopAsyncIteration) as exc:
-            log.warning("commit listener lost its connection (%s); reconnecting in %.1fs", exc, backoff)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure: log it and listen again; readers still poll meanwhile
+            log.warning("commit listener failed (%s: %s); reconnecting in %.1fs", type(exc).__name__, exc, backoff)
             await wait_any(stop, None, backoff)
             backoff = min(backoff * 2, 5.0)

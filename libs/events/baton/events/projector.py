@@ -17,6 +17,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from baton.events.catalogue import upcast
 from baton.events.envelope import StoredEvent
 from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.projections import pipelines as pipeline_projection
@@ -29,6 +30,7 @@ from baton.events.schema import runs as runs_table
 from baton.events.schema import step_runs as step_runs_table
 from baton.events.schema import timeline as timeline_table
 from baton.events.schema import triggers as triggers_table
+from baton.events.stream_ids import run_id_of
 from baton.events.waiting import wait_any
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ async def apply_batch(conn: AsyncConnection, batch_size: int = 1000) -> int:
 async def _project_runs(conn: AsyncConnection, streams: dict[str, list[StoredEvent]]) -> None:
     if not streams:
         return
-    run_ids = [stream_id.removeprefix("run-") for stream_id in streams]
+    run_ids = [run_id_of(stream_id) for stream_id in streams]
     docs = {
         row.run_id: row.doc
         for row in await conn.execute(
@@ -97,7 +99,7 @@ async def _project_runs(conn: AsyncConnection, streams: dict[str, list[StoredEve
     step_rows: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
     for stream_id, stream_events in streams.items():
-        run_id = stream_id.removeprefix("run-")
+        run_id = run_id_of(stream_id)
         doc = docs.get(run_id) or run_summary.initial(run_id)
         seq = seqs.get(run_id, 0)
         for event in stream_events:
@@ -161,7 +163,7 @@ async def _project_pipelines(conn: AsyncConnection, streams: dict[str, list[Stor
             await conn.execute(
                 select(pipelines_table.c.doc).where(
                     pipelines_table.c.tenant == first.tenant,
-                    pipelines_table.c.name == first.data.get("name"),
+                    pipelines_table.c.name == upcast(first.type, first.schema_version, dict(first.data)).get("name"),
                 )
             )
         ).scalar()

@@ -18,6 +18,7 @@ from baton.events.catalogue import PipelineVersionCreated, upcast
 from baton.events.envelope import EventMetadata
 from baton.events.pipeline import NAME_PATTERN, PipelineDefinition
 from baton.events.store import NO_STREAM, WrongExpectedVersion, append
+from baton.events.stream_ids import pipeline_stream
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/tenants/{tenant}/pipelines", tags=["pipelines"])
@@ -55,11 +56,6 @@ class PipelineList(BaseModel):
     """The tenant's pipelines, by name."""
 
     pipelines: list[PipelineSummary]
-
-
-def pipeline_stream(tenant: str, name: str) -> str:
-    """Event stream holding every version of one pipeline."""
-    return f"pipeline-{tenant}.{name}"
 
 
 async def _publish_or_503(

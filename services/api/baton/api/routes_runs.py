@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from baton.api import queries
 from baton.api.dependencies import ApiResources, Tenant, get_resources
+from baton.events.stream_ids import run_stream
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/runs", tags=["runs"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such run in this tenant."}}
@@ -107,7 +108,7 @@ async def get_events(
     tenant: Tenant, run_id: str, resources: ApiResources = Depends(get_resources)
 ) -> dict[str, Any]:
     """The raw events of the run's stream, as stored (JSON envelopes, version order)."""
-    stored = [e for e in await resources.store.read_stream(f"run-{run_id}") if e.tenant == tenant]
+    stored = [e for e in await resources.store.read_stream(run_stream(run_id)) if e.tenant == tenant]
     if not stored:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} not found")
     return {"run_id": run_id, "events": [event.to_json_dict() for event in stored]}

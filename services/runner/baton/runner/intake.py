@@ -14,6 +14,7 @@ from typing import Any
 from baton.events.catalogue import MatchedRun, TriggerReceived, TriggerRejected
 from baton.events.envelope import EventMetadata
 from baton.events.store import NO_STREAM, AppendRequest
+from baton.events.stream_ids import trigger_stream
 from baton.events.trigger import AcceptedTrigger, TriggerRejection, run_id_for
 from baton.runner.decide import Decision, create_run
 from baton.runner.definitions import PipelineVersion
@@ -83,7 +84,7 @@ def accept_trigger(
             for d in runs
         ],
     ).to_event(EventMetadata(correlation_id=trigger_id, actor="runner"), now)
-    unit = [AppendRequest(f"trigger-{trigger_id}", accepted.tenant, [received], NO_STREAM)]
+    unit = [AppendRequest(trigger_stream(trigger_id), accepted.tenant, [received], NO_STREAM)]
     unit.extend(AppendRequest(d.state.stream_id, accepted.tenant, d.events, NO_STREAM) for d in runs)
     return TriggerIntake(unit=unit, runs=runs)
 
@@ -99,5 +100,5 @@ def reject_trigger(rejection: TriggerRejection, subject: str, body: bytes, now: 
         body_excerpt=body[:MAX_EXCERPT].decode("utf-8", errors="replace"),
     ).to_event(EventMetadata(correlation_id=rejection.trigger_id, actor="runner"), now)
     return AppendRequest(
-        f"trigger-{rejection.trigger_id}", rejection.tenant or REJECTED_TENANT, [event], NO_STREAM
+        trigger_stream(rejection.trigger_id), rejection.tenant or REJECTED_TENANT, [event], NO_STREAM
     )

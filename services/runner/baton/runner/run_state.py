@@ -14,6 +14,7 @@ from typing import Any
 
 from baton.events.catalogue import upcast
 from baton.events.envelope import NewEvent, StoredEvent
+from baton.events.stream_ids import run_stream
 
 TERMINAL_RUN = frozenset({"completed", "failed", "canceled"})
 TERMINAL_STEP = frozenset({"completed", "failed", "skipped"})
@@ -71,7 +72,7 @@ class RunState:
     @property
     def stream_id(self) -> str:
         """The run's stream in the event store."""
-        return f"run-{self.run_id}"
+        return run_stream(self.run_id)
 
     @property
     def is_terminal(self) -> bool:

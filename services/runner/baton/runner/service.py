@@ -25,6 +25,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from baton.events import bus
+from baton.events.bus import header_safe
 from baton.events.db import make_engine
 from baton.events.envelope import EventMetadata
 from baton.events.listener import listen_for_commits
@@ -34,6 +35,7 @@ from baton.events.postgres_store import PostgresEventStore
 from baton.events.relay import EventRelay
 from baton.events.schema import checkpoints
 from baton.events.store import AppendRequest, StoreUnavailable, WrongExpectedVersion
+from baton.events.stream_ids import run_id_of, run_stream
 from baton.events.trigger import AcceptedTrigger, TriggerRejection, validate_trigger
 from baton.events.waiting import wait_any
 from baton.runner.decide import Decision, on_outcome, on_progress
@@ -194,7 +196,7 @@ class RunnerService:
 
     async def _dead_letter(self, msg: Msg, reason: str, detail: str, msg_id: str) -> None:
         headers = bus.headers_for(
-            f"dlq-{msg_id}", **{"Baton-Reason": reason, "Baton-Detail": detail[:1000], "Baton-Subject": msg.subject}
+            f"dlq-{msg_id}", **{"Baton-Reason": reason, "Baton-Detail": detail, "Baton-Subject": msg.subject}
         )
         await self._js.publish(self.subjects.dlq("trigger"), msg.data, headers=headers)
 
@@ -213,7 +215,7 @@ class RunnerService:
             with contextlib.suppress(Exception):
                 await self._nc.publish(
                     self.subjects.dlq("result"), msg.data, headers={"Baton-Reason": "invalid_reply",
-                                                                    "Baton-Detail": str(exc)[:1000]}
+                                                                    "Baton-Detail": header_safe(str(exc))}
                 )
             return
         for attempt in range(5):
@@ -271,7 +273,7 @@ class RunnerService:
         cached = self._cache.get(run_id)
         if cached is not None:
             return cached
-        events = await self.store.read_stream(f"run-{run_id}")
+        events = await self.store.read_stream(run_stream(run_id))
         if not events:
             return None
         return fold(run_id, events)
@@ -334,7 +336,7 @@ class RunnerService:
             ).scalar_one()
         redispatched = 0
         for stream_id, _ in open_runs:
-            run_id = stream_id.removeprefix("run-")
+            run_id = run_id_of(stream_id)
             async with self._locks.hold(run_id):
                 state = await self._load(run_id)
                 if state is None or state.is_terminal:

@@ -1,0 +1,25 @@
+"""Stream id conventions in one place: '<stream type>-<id>' (the prefix is the stream type)."""
+
+from __future__ import annotations
+
+
+def run_stream(run_id: str) -> str:
+    """The stream of one run."""
+    return f"run-{run_id}"
+
+
+def trigger_stream(trigger_id: str) -> str:
+    """The stream of one trigger (accepted or rejected)."""
+    return f"trigger-{trigger_id}"
+
+
+def pipeline_stream(tenant: str, name: str) -> str:
+    """The stream of one pipeline's versions."""
+    return f"pipeline-{tenant}.{name}"
+
+
+def run_id_of(stream_id: str) -> str:
+    """The run id inside a run stream id."""
+    if not stream_id.startswith("run-"):
+        raise ValueError(f"{stream_id!r} is not a run stream")
+    return stream_id[len("run-") :]
