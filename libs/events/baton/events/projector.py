@@ -31,7 +31,7 @@ from baton.events.schema import step_runs as step_runs_table
 from baton.events.schema import timeline as timeline_table
 from baton.events.schema import triggers as triggers_table
 from baton.events.stream_ids import run_id_of
-from baton.events.waiting import wait_any
+from baton.events.waiting import run_when_woken
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "read-models"
@@ -209,18 +209,7 @@ class Projector:
 
     async def run(self, stop: asyncio.Event, wakeup: asyncio.Event, idle_seconds: float = 1.0) -> None:
         """Catch up whenever woken (or every ``idle_seconds``) until ``stop`` is set."""
-        backoff = 0.1
-        while not stop.is_set():
-            wakeup.clear()
-            try:
-                await self.catch_up()
-                backoff = 0.1
-            except Exception:
-                log.exception("projector batch failed; retrying in %.1fs", backoff)
-                await wait_any(stop, None, backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            await wait_any(stop, wakeup, idle_seconds)
+        await run_when_woken("projector batch", self.catch_up, stop, wakeup, idle_seconds)
 
 
 async def rebuild(engine: AsyncEngine, batch_size: int = 2000) -> int:

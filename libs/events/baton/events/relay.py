@@ -22,7 +22,7 @@ from baton.events.envelope import StoredEvent
 from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.schema import checkpoints, events
 from baton.events.subjects import Subjects
-from baton.events.waiting import wait_any
+from baton.events.waiting import run_when_woken
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,9 @@ class EventRelay:
 
     async def run(self, stop: asyncio.Event, wakeup: asyncio.Event, idle_seconds: float = 1.0) -> None:
         """Relay whenever woken (or every ``idle_seconds``) until ``stop``; errors back off and retry."""
-        backoff = 0.1
-        while not stop.is_set():
-            wakeup.clear()
-            try:
-                while await self.relay_once() >= self._batch_size:
-                    pass
-                backoff = 0.1
-            except Exception:
-                log.exception("relay batch failed; retrying in %.1fs", backoff)
-                await wait_any(stop, None, backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            await wait_any(stop, wakeup, idle_seconds)
+
+        async def drain() -> None:
+            while await self.relay_once() >= self._batch_size:
+                pass
+
+        await run_when_woken("relay batch", drain, stop, wakeup, idle_seconds)
