@@ -114,8 +114,10 @@ class RunnerService:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._nc.drain()
+            await self._nc.flush()
+            await self._nc.close()
             await self._engine.dispose()
+            log.info("runner %s stopped", self.name)
 
     # --- definitions ------------------------------------------------------------------
     async def _watch_definitions(self, stop: asyncio.Event) -> None:
@@ -142,16 +144,22 @@ class RunnerService:
         sub = await self._js.pull_subscribe(
             self.subjects.trigger_wildcard, durable="runner", stream=self.subjects.triggers_stream, config=config
         )
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(self.settings.intake_batch, timeout=0.5)
-            except (TimeoutError, NatsTimeout):
-                continue
-            except Exception:
-                log.exception("trigger fetch failed; retrying")
-                await wait_any(stop, None, 1.0)
-                continue
-            await asyncio.gather(*(self._on_trigger(msg) for msg in msgs))
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(self.settings.intake_batch, timeout=0.5)
+                except (TimeoutError, NatsTimeout):
+                    continue
+                except Exception:
+                    log.exception("trigger fetch failed; retrying")
+                    await wait_any(stop, None, 1.0)
+                    continue
+                await asyncio.gather(*(self._on_trigger(msg) for msg in msgs))
+        finally:
+            # Unacked triggers are redelivered to the next runner; an open pull subscription
+            # would make the connection drain wait out its 30 s timeout.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _on_trigger(self, msg: Msg) -> None:
         meta = msg.metadata
