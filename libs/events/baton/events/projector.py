@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from baton.events.catalogue import upcast
+from baton.events.checkpoints import read_checkpoint, write_checkpoint
 from baton.events.envelope import StoredEvent
 from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.projections import pipelines as pipeline_projection
@@ -43,15 +44,7 @@ def _ts(value: str | None) -> datetime | None:
 
 async def projected_position(conn: AsyncConnection, lock: bool = False) -> int:
     """The checkpoint of the projection tables reachable through ``conn``'s schema map."""
-    await conn.execute(
-        pg_insert(checkpoint_table)
-        .values(name=CHECKPOINT_NAME, position=0, updated_at=func.now())
-        .on_conflict_do_nothing()
-    )
-    query = select(checkpoint_table.c.position).where(checkpoint_table.c.name == CHECKPOINT_NAME)
-    if lock:
-        query = query.with_for_update()
-    return int((await conn.execute(query)).scalar_one())
+    return await read_checkpoint(conn, checkpoint_table, CHECKPOINT_NAME, lock)
 
 
 async def apply_batch(conn: AsyncConnection, batch_size: int = 1000) -> int:
@@ -69,11 +62,7 @@ async def apply_batch(conn: AsyncConnection, batch_size: int = 1000) -> int:
     await _project_runs(conn, by_kind.get("run", {}))
     await _project_triggers(conn, by_kind.get("trigger", {}))
     await _project_pipelines(conn, by_kind.get("pipeline", {}))
-    await conn.execute(
-        checkpoint_table.update()
-        .where(checkpoint_table.c.name == CHECKPOINT_NAME)
-        .values(position=batch[-1].position, updated_at=func.now())
-    )
+    await write_checkpoint(conn, checkpoint_table, CHECKPOINT_NAME, batch[-1].position)
     return len(batch)
 
 

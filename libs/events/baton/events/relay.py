@@ -14,10 +14,10 @@ import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from baton.events.checkpoints import read_checkpoint, write_checkpoint
 from baton.events.envelope import StoredEvent
 from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.schema import checkpoints, events
@@ -52,16 +52,7 @@ class EventRelay:
     async def relay_once(self) -> int:
         """Publish the next batch after the checkpoint; returns how many events were published."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                pg_insert(checkpoints)
-                .values(name=self._name, position=0, updated_at=func.now())
-                .on_conflict_do_nothing()
-            )
-            position = (
-                await conn.execute(
-                    select(checkpoints.c.position).where(checkpoints.c.name == self._name).with_for_update()
-                )
-            ).scalar_one()
+            position = await read_checkpoint(conn, checkpoints, self._name, lock=True)
             rows = await conn.execute(
                 select(*COLUMNS).where(events.c.position > position).order_by(events.c.position).limit(self._batch_size)
             )
@@ -71,11 +62,7 @@ class EventRelay:
             # Pipelined: every publish in flight at once, then every ack awaited.
             acks = [await self._publish(event) for event in batch]
             await asyncio.gather(*acks)
-            await conn.execute(
-                checkpoints.update()
-                .where(checkpoints.c.name == self._name)
-                .values(position=batch[-1].position, updated_at=func.now())
-            )
+            await write_checkpoint(conn, checkpoints, self._name, batch[-1].position)
         return len(batch)
 
     async def _publish(self, event: StoredEvent) -> asyncio.Future[PubAck]:

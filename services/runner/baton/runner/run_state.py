@@ -19,10 +19,11 @@ from baton.events.stream_ids import run_stream
 TERMINAL_RUN = frozenset({"completed", "failed", "canceled"})
 TERMINAL_STEP = frozenset({"completed", "failed", "skipped"})
 
-RUN_TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
-    "run_started": {"to": frozenset({"running"}), "from": frozenset({"pending"})},
-    "run_completed": {"to": frozenset({"completed"}), "from": frozenset({"running", "waiting"})},
-    "run_failed": {"to": frozenset({"failed"}), "from": frozenset({"pending", "running", "waiting"})},
+# event -> (statuses it may follow, status it leads to)
+RUN_TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "run_started": (frozenset({"pending"}), "running"),
+    "run_completed": (frozenset({"running", "waiting"}), "completed"),
+    "run_failed": (frozenset({"pending", "running", "waiting"}), "failed"),
 }
 STEP_TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "step_scheduled": (frozenset({"pending"}), "scheduled"),
@@ -105,10 +106,10 @@ def evolve(state: RunState, event_type: str, data: dict[str, Any]) -> RunState:
     if state.status == "new":
         raise IllegalTransition(f"{event_type} before run_created")
     if event_type in RUN_TRANSITIONS:
-        rule = RUN_TRANSITIONS[event_type]
-        if state.status not in rule["from"]:
+        allowed_from, target = RUN_TRANSITIONS[event_type]
+        if state.status not in allowed_from:
             raise IllegalTransition(f"{event_type} not allowed when the run is {state.status}")
-        (new.status,) = rule["to"]
+        new.status = target
         return new
     if event_type in STEP_TRANSITIONS:
         if state.is_terminal:

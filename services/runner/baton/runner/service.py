@@ -21,11 +21,11 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 
 from baton.events import bus
 from baton.events.bus import header_safe
+from baton.events.checkpoints import read_checkpoint, write_checkpoint
 from baton.events.db import make_engine
 from baton.events.envelope import EventMetadata
 from baton.events.listener import listen_for_commits
@@ -330,14 +330,7 @@ class RunnerService:
     async def recover(self) -> int:
         """Re-dispatch the in-flight steps of every open run (results may have been lost while down)."""
         async with self._engine.begin() as conn:
-            await conn.execute(
-                pg_insert(checkpoints)
-                .values(name=RECOVERY_CHECKPOINT, position=0, updated_at=func.now())
-                .on_conflict_do_nothing()
-            )
-            after = (
-                await conn.execute(select(checkpoints.c.position).where(checkpoints.c.name == RECOVERY_CHECKPOINT))
-            ).scalar_one()
+            after = await read_checkpoint(conn, checkpoints, RECOVERY_CHECKPOINT)
             open_runs = (await conn.execute(OPEN_RUNS, {"after": after})).all()
             head = (
                 await conn.execute(text("SELECT coalesce(max(position), 0) FROM events WHERE type = 'run_created'"))
@@ -355,11 +348,7 @@ class RunnerService:
                 redispatched += len(busy)
         low_water = (open_runs[0][1] - 1) if open_runs else head
         async with self._engine.begin() as conn:
-            await conn.execute(
-                checkpoints.update()
-                .where(checkpoints.c.name == RECOVERY_CHECKPOINT)
-                .values(position=low_water, updated_at=func.now())
-            )
+            await write_checkpoint(conn, checkpoints, RECOVERY_CHECKPOINT, low_water)
         if open_runs:
             log.info("recovery: %d open runs, %d steps re-dispatched", len(open_runs), redispatched)
         return redispatched
