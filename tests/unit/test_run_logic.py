@@ -248,7 +248,7 @@ def test_failing_outcome_fails_the_run_with_the_error() -> None:
     assert described(failed) == [("step_failed", "extract"), ("run_failed", "extract")]
     assert failed.events[0].data["error"] == "exit status 2"
     assert failed.events[1].data == {"run_id": RUN_ID, "error": "step extract failed: exit status 2",
-                                     "step": "extract"}
+                                     "step": "extract", "code": "step_failed"}
     assert failed.state.status == "failed"
     assert statuses(failed.state) == {"extract": "failed", "big_enough": "pending", "load": "pending",
                                       "notify": "pending"}

@@ -68,6 +68,15 @@ def stream_configs(subjects: Subjects) -> list[StreamConfig]:
             discard=DiscardPolicy.OLD,
         ),
         StreamConfig(
+            name=subjects.timers_stream,
+            subjects=[subjects.timer_wildcard],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=DEDUP_WINDOW_SECONDS,
+            max_age=7 * DAY,
+            discard=DiscardPolicy.OLD,
+        ),
+        StreamConfig(
             name=subjects.dlq_stream,
             subjects=[subjects.dlq_wildcard],
             retention=RetentionPolicy.LIMITS,

@@ -15,13 +15,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from baton.events.envelope import EventMetadata, NewEvent, StoredEvent, utcnow
 
+EVENT_TYPES: dict[str, type[EventData]] = {}
+
 
 class EventData(BaseModel):
-    """Base of every event schema: its type name and current schema version."""
+    """Base of every event schema: its type name and current schema version.
+
+    Defining a subclass registers it in ``EVENT_TYPES`` under its ``event_type``.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "event_type" in cls.__dict__:
+            if cls.event_type in EVENT_TYPES:
+                raise TypeError(f"event type {cls.event_type!r} is defined twice")
+            EVENT_TYPES[cls.event_type] = cls
 
     def to_event(self, metadata: EventMetadata | None = None, recorded_at: datetime | None = None) -> NewEvent:
         """Wrap this payload in a new envelope ready to append."""
@@ -46,6 +59,15 @@ class MatchedRun(BaseModel):
     pipeline_version: int
 
 
+class SkippedMatch(BaseModel):
+    """A pipeline the trigger matched but did not start a run of, and why."""
+
+    model_config = ConfigDict(frozen=True)
+    pipeline: str
+    reason: str = Field(description="e.g. 'pipeline draining', 'slice already has a run'.")
+    run_id: str | None = Field(default=None, description="The existing run of the slice, when that is the reason.")
+
+
 class TriggerReceived(EventData):
     """A trigger was accepted and matched against the tenant's enabled pipelines."""
 
@@ -62,6 +84,12 @@ class TriggerReceived(EventData):
     triggered_by: str = "api"
     subject: str | None = None
     runs: list[MatchedRun] = Field(default_factory=list, description="Runs created for this trigger.")
+    skipped: list[SkippedMatch] = Field(default_factory=list, description="Matches that started no run.")
+    slice_key: str | None = Field(default=None, description="The slice (partition) the trigger is for.")
+    rerun_slice: bool = Field(default=False, description="Start a run even if the slice already has one.")
+    scheduled_at: datetime | None = Field(default=None, description="For schedule fires: the slot's due time.")
+    replay_of: str | None = Field(default=None, description="For replays: the original trigger id.")
+    dry_run: bool = Field(default=False, description="For replays: every action is skipped.")
 
 
 class TriggerRejected(EventData):
@@ -89,6 +117,31 @@ class PipelineVersionCreated(EventData):
     definition: dict[str, Any]
 
 
+class _PipelineOperatorAction(EventData):
+    tenant: str
+    name: str
+    reason: str = ""
+    actor: str | None = None
+
+
+class PipelinePaused(_PipelineOperatorAction):
+    """New runs of the pipeline queue as 'pending'; none starts until it is resumed."""
+
+    event_type: ClassVar[str] = "pipeline_paused"
+
+
+class PipelineResumed(_PipelineOperatorAction):
+    """The pipeline accepts and starts runs again (queued runs start, first in first out)."""
+
+    event_type: ClassVar[str] = "pipeline_resumed"
+
+
+class PipelineDraining(_PipelineOperatorAction):
+    """The pipeline accepts no new runs; the ones in flight or queued finish."""
+
+    event_type: ClassVar[str] = "pipeline_draining"
+
+
 # --- runs and steps ---------------------------------------------------------------------
 
 
@@ -102,6 +155,18 @@ class RunCreated(EventData):
     pipeline_version: int
     definition: dict[str, Any] = Field(description="Snapshot of the pipeline version the run executes.")
     trigger: dict[str, Any] = Field(description="The trigger that started the run (id, type, payload, ...).")
+    slice_key: str | None = Field(default=None, description="The slice (partition key) the run is for.")
+    is_replay: bool = False
+    replay_of: str | None = Field(default=None, description="For replays: the original trigger id.")
+    dry_run: bool = Field(default=False, description="Replay that skips every action, recording what would run.")
+
+
+class RunQueued(EventData):
+    """The run waits as 'pending' for a slot (concurrency limit) or for its pipeline to resume."""
+
+    event_type: ClassVar[str] = "run_queued"
+    run_id: str
+    reason: str
 
 
 class RunStarted(EventData):
@@ -109,6 +174,43 @@ class RunStarted(EventData):
 
     event_type: ClassVar[str] = "run_started"
     run_id: str
+
+
+class RunWaiting(EventData):
+    """Nothing of the run is on a worker: it waits for a timer (a delay or a retry backoff)."""
+
+    event_type: ClassVar[str] = "run_waiting"
+    run_id: str
+    reason: str
+    until: datetime | None = None
+
+
+class RunResumed(EventData):
+    """A timer the waiting run depended on fired; it is running again."""
+
+    event_type: ClassVar[str] = "run_resumed"
+    run_id: str
+    reason: str = ""
+
+
+class RunCanceled(EventData):
+    """An operator canceled the run; late results of its running steps are ignored."""
+
+    event_type: ClassVar[str] = "run_canceled"
+    run_id: str
+    reason: str = ""
+    actor: str | None = None
+
+
+class RunRetried(EventData):
+    """A failed run goes again from its first failed step; completed steps keep their results."""
+
+    event_type: ClassVar[str] = "run_retried"
+    run_id: str
+    steps: list[str] = Field(description="Steps reset to pending.")
+    reason: str = ""
+    actor: str | None = None
+    dead_letter_id: str | None = Field(default=None, description="Set when this re-drives a dead letter.")
 
 
 class RunCompleted(EventData):
@@ -126,6 +228,10 @@ class RunFailed(EventData):
     run_id: str
     error: str
     step: str | None = None
+    code: str | None = Field(
+        default=None,
+        description="'step_failed', 'dead_lettered', 'timed_out', 'condition_error' or 'branch_failed'.",
+    )
 
 
 class StepScheduled(EventData):
@@ -134,9 +240,11 @@ class StepScheduled(EventData):
     event_type: ClassVar[str] = "step_scheduled"
     run_id: str
     step: str
-    index: int = Field(ge=0, description="Position of the step in the pipeline.")
-    kind: str = Field(description="Step type: 'action' or 'condition'.")
+    index: int = Field(ge=0, description="Position of the step in the pipeline (depth first).")
+    kind: str = Field(description="Step type: 'action', 'condition', 'delay' or 'parallel'.")
     attempt: int = Field(default=1, ge=1)
+    parent: str | None = Field(default=None, description="The parallel step this step is a branch step of.")
+    branch: int | None = Field(default=None, ge=0, description="Index of the branch within the parent.")
 
 
 class StepStarted(EventData):
@@ -170,6 +278,43 @@ class StepFailed(EventData):
     attempt: int = Field(default=1, ge=1)
     error: str
     duration_ms: float | None = None
+    timed_out: bool = Field(default=False, description="The runner failed the attempt: no result in time.")
+    will_retry: bool = Field(default=False, description="Another attempt follows (see step_retry_scheduled).")
+
+
+class StepRetryScheduled(EventData):
+    """A failed attempt will be retried after ``delay_ms`` (a durable timer)."""
+
+    event_type: ClassVar[str] = "step_retry_scheduled"
+    run_id: str
+    step: str
+    attempt: int = Field(ge=2, description="The attempt that will run.")
+    delay_ms: int = Field(ge=0)
+    due_at: datetime
+    timer_id: str
+
+
+class StepDeadLettered(EventData):
+    """A step ran out of attempts: the run is dead-lettered (listable, re-drivable)."""
+
+    event_type: ClassVar[str] = "step_dead_lettered"
+    run_id: str
+    step: str
+    attempts: int = Field(ge=1)
+    reason: str
+    last_error: str
+
+
+class StepResultIgnored(EventData):
+    """A worker's result arrived for an attempt that no longer counts (timed out, canceled, ...)."""
+
+    event_type: ClassVar[str] = "step_result_ignored"
+    run_id: str
+    step: str
+    attempt: int = Field(ge=1)
+    reason: str
+    ok: bool
+    worker: str | None = None
 
 
 class StepSkipped(EventData):
@@ -179,6 +324,11 @@ class StepSkipped(EventData):
     run_id: str
     step: str
     reason: str
+    cause: str | None = Field(
+        default=None,
+        description="'condition', 'failure', 'canceled', 'replay' or 'dry_run' (None in old events: 'condition').",
+    )
+    would_run: dict[str, Any] | None = Field(default=None, description="Dry runs: what the step would have done.")
 
 
 class LogLine(BaseModel):
@@ -202,24 +352,57 @@ class StepLogWritten(EventData):
     truncated: int = Field(default=0, ge=0, description="Lines dropped to keep the event small.")
 
 
-EVENT_TYPES: dict[str, type[EventData]] = {
-    cls.event_type: cls
-    for cls in (
-        TriggerReceived,
-        TriggerRejected,
-        PipelineVersionCreated,
-        RunCreated,
-        RunStarted,
-        RunCompleted,
-        RunFailed,
-        StepScheduled,
-        StepStarted,
-        StepCompleted,
-        StepFailed,
-        StepSkipped,
-        StepLogWritten,
-    )
-}
+class TelemetrySample(BaseModel):
+    """One telemetry sample a handler reported: rows, bytes, progress (0..1) and free-form data."""
+
+    model_config = ConfigDict(frozen=True)
+    at: datetime
+    rows: int | None = None
+    bytes: int | None = None
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    data: dict[str, Any] | None = None
+
+
+class StepTelemetryRecorded(EventData):
+    """Telemetry samples a handler reported while executing a step."""
+
+    event_type: ClassVar[str] = "step_telemetry_recorded"
+    run_id: str
+    step: str
+    attempt: int = Field(default=1, ge=1)
+    samples: list[TelemetrySample]
+    truncated: int = Field(default=0, ge=0, description="Samples dropped to keep the event small.")
+
+
+# --- timers (the scheduler service fires them; the run's stream records them) ----------
+
+
+class TimerScheduled(EventData):
+    """The runner asked the scheduler for a durable timer: a delay, a backoff or a timeout."""
+
+    event_type: ClassVar[str] = "timer_scheduled"
+    run_id: str
+    timer_id: str
+    purpose: str = Field(description="'delay', 'backoff', 'step_timeout' or 'run_timeout'.")
+    due_at: datetime
+    step: str | None = None
+    attempt: int | None = None
+
+
+class TimerCanceled(EventData):
+    """A pending timer no longer matters (the run was canceled)."""
+
+    event_type: ClassVar[str] = "timer_canceled"
+    run_id: str
+    timer_id: str
+    reason: str = ""
+
+
+# --- schedules (scheduler service) -------------------------------------------------------
+
+
+# --- monitors (monitor service) ----------------------------------------------------------
+
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

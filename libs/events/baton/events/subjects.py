@@ -52,6 +52,11 @@ class Subjects:
         return self.stream("DLQ")
 
     @property
+    def timers_stream(self) -> str:
+        """JetStream stream of timer requests (runner -> scheduler) and fires (scheduler -> runner)."""
+        return self.stream("TIMERS")
+
+    @property
     def defs_bucket(self) -> str:
         """KV bucket carrying current pipeline definitions to the services."""
         return self.stream("DEFS").lower()
@@ -111,8 +116,40 @@ class Subjects:
         """Every result subject."""
         return f"{self.prefix}.result.>"
 
+    # --- timers (durable, owned by the scheduler service) ------------------------------
+    @property
+    def timer_set(self) -> str:
+        """Runner -> scheduler: arm a timer (a ``TimerRequest``)."""
+        return f"{self.prefix}.timer.set"
+
+    @property
+    def timer_cancel(self) -> str:
+        """Runner -> scheduler: disarm a timer (a ``TimerCancel``)."""
+        return f"{self.prefix}.timer.cancel"
+
+    @property
+    def timer_fired(self) -> str:
+        """Scheduler -> runner: a timer came due (a ``TimerFired``)."""
+        return f"{self.prefix}.timer.fired"
+
+    @property
+    def timer_wildcard(self) -> str:
+        """Every timer subject (the TIMERS stream)."""
+        return f"{self.prefix}.timer.>"
+
+    # --- commands (api, CLI -> runner; request/reply) ---------------------------------
+    def command(self, tenant: str, verb: str) -> str:
+        """Where a command ('cancel', 'retry', 'replay') for ``tenant`` is sent as a request."""
+        return f"{self.prefix}.cmd.{tenant}.{verb}"
+
+    @property
+    def command_wildcard(self) -> str:
+        """Every command subject."""
+        return f"{self.prefix}.cmd.>"
+
+    # --- definitions ----------------------------------------------------------------
     def definition_key(self, kind: str, tenant: str, name: str) -> str:
-        """KV key of a definition ('pipeline', tenant, name)."""
+        """KV key of a definition ('pipeline', tenant, name) or of a pipeline's control state ('control')."""
         return f"{kind}.{tenant}.{name}"
 
     @property

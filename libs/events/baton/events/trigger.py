@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,6 +37,13 @@ class TriggerMessage(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     triggered_by: str = Field(default="nats", description=f"One of: {', '.join(TRIGGERED_BY)}.")
+    slice_key: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="The slice (partition) this trigger is for, e.g. '2026-11-22'. A pipeline makes one run "
+        "per slice; handlers see it as partition_key.",
+    )
+    rerun_slice: bool = Field(default=False, description="Run the slice again even if it already has a run.")
+    scheduled_at: datetime | None = Field(default=None, description="Set by schedules: the slot's due time.")
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,11 @@ def trigger_id_for(tenant: str, idempotency_key: str) -> str:
 def run_id_for(trigger_id: str, pipeline: str) -> str:
     """Deterministic run id: one trigger starts at most one run per pipeline."""
     return str(uuid.uuid5(uuid.UUID(trigger_id), pipeline))
+
+
+def slice_run_id(tenant: str, pipeline: str, slice_key: str) -> str:
+    """Deterministic run id of a slice's first run: one run per (pipeline, slice) unless re-run."""
+    return str(uuid.uuid5(TRIGGER_ID_NAMESPACE, f"slice\x00{tenant}\x00{pipeline}\x00{slice_key}"))
 
 
 def validate_trigger(

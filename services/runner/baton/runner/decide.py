@@ -186,7 +186,9 @@ def on_outcome(state: RunState, outcome: StepOutcome, now: datetime, metadata: E
             StepFailed(run_id=run_id, step=step.name, attempt=outcome.attempt, error=error,
                        duration_ms=outcome.duration_ms)
         )
-        decision.emit(RunFailed(run_id=run_id, error=f"step {step.name} failed: {error}", step=step.name))
+        decision.emit(
+            RunFailed(run_id=run_id, error=f"step {step.name} failed: {error}", step=step.name, code="step_failed")
+        )
         return decision
     decision.emit(
         StepCompleted(
