@@ -85,6 +85,7 @@ class TriggerReceived(EventData):
     subject: str | None = None
     runs: list[MatchedRun] = Field(default_factory=list, description="Runs created for this trigger.")
     skipped: list[SkippedMatch] = Field(default_factory=list, description="Matches that started no run.")
+    pipeline: str | None = Field(default=None, description="The one pipeline the trigger targets, if any.")
     slice_key: str | None = Field(default=None, description="The slice (partition) the trigger is for.")
     rerun_slice: bool = Field(default=False, description="Start a run even if the slice already has one.")
     scheduled_at: datetime | None = Field(default=None, description="For schedule fires: the slot's due time.")

@@ -37,6 +37,10 @@ class TriggerMessage(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     triggered_by: str = Field(default="nats", description=f"One of: {', '.join(TRIGGERED_BY)}.")
+    pipeline: str | None = Field(
+        default=None, max_length=63,
+        description="Start only this pipeline (schedules, monitors, backfills); it must still match the type.",
+    )
     slice_key: str | None = Field(
         default=None, min_length=1, max_length=200,
         description="The slice (partition) this trigger is for, e.g. '2026-11-22'. A pipeline makes one run "
