@@ -127,7 +127,7 @@ async def test_failing_shell_step_fails_the_run_with_the_error(
     assert run["error"]["step"] == "boom"
     assert "3" in run["error"]["message"] and "oops" in run["error"]["message"]
     steps = {s["step"]: s["status"] for s in run["steps"]}
-    assert steps == {"boom": "failed", "never": "pending"}
+    assert steps == {"boom": "failed", "never": "skipped"}
 
 
 async def test_false_condition_completes_early(services: Services, nats_url: str, subject_prefix: str) -> None:

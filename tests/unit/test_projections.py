@@ -204,7 +204,8 @@ def test_timeline_entries_and_messages() -> None:
     assert "step extract wrote 2 log line(s)" in messages
     assert "step extract completed: {'rows': 3}" in messages
     assert "step big_enough completed: {'value': True}" in messages
-    assert messages[-2:] == ["step notify failed: HTTP 503", "run failed: step notify failed: HTTP 503"]
+    assert messages[-3] == "step notify failed: HTTP 503"
+    assert messages[-1] == "run failed: step notify failed: HTTP 503"
     logs = next(entry for entry in entries if entry["kind"] == "step_log_written")
     assert [line["message"] for line in logs["lines"]] == ["line 0", "line 1"]
     assert logs["truncated"] == 5

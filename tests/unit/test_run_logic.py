@@ -156,14 +156,16 @@ def test_inline_condition_false_skips_the_rest_and_completes_early() -> None:
 )
 def test_inline_condition_error_fails_the_run(expression: str) -> None:
     decision = start(definition(cel("gate", expression), shell("extract")))
-    assert described(decision)[2:] == [("step_scheduled", "gate"), ("step_failed", "gate"), ("run_failed", "gate")]
+    assert described(decision)[2:] == [
+        ("step_scheduled", "gate"), ("step_failed", "gate"), ("step_skipped", "extract"), ("run_failed", "gate")
+    ]
     failed = decision.events[-1].data
     assert failed["step"] == "gate"
     assert failed["error"].startswith("condition gate failed: ")
     assert expression in decision.events[3].data["error"]
     assert decision.dispatch == []
     assert decision.state.status == "failed"
-    assert statuses(decision.state) == {"gate": "failed", "extract": "pending"}
+    assert statuses(decision.state) == {"gate": "failed", "extract": "skipped"}
 
 
 @pytest.mark.parametrize("where", ["trigger", "context"])
@@ -172,11 +174,9 @@ def test_huge_integers_fail_the_run_instead_of_crashing_the_decision(where: str)
     huge = 2**64
     state = start(doc, trigger(amount=huge if where == "trigger" else 150)).state
     decision = on_outcome(state, outcome("extract", result={"rows": huge}), NOW, META)
-    if where == "context":
-        # The gate fails on the oversized context value rather than crashing the decision.
-        assert kinds(decision)[-2:] == ["step_failed", "run_failed"]
-    else:
-        assert kinds(decision)[-2:] == ["step_failed", "run_failed"]
+    # The gate fails on the oversized value rather than crashing the decision; load is skipped.
+    assert kinds(decision)[-3:] == ["step_failed", "step_skipped", "run_failed"]
+    assert decision.events[-1].data["code"] == "condition_error"
 
 
 def test_conditions_see_context_config_and_run() -> None:
@@ -245,13 +245,18 @@ def test_last_step_completes_the_run() -> None:
 def test_failing_outcome_fails_the_run_with_the_error() -> None:
     state = on_progress(start().state, progress("extract"), NOW, META).state
     failed = on_outcome(state, outcome("extract", ok=False, error="exit status 2"), NOW, META)
-    assert described(failed) == [("step_failed", "extract"), ("run_failed", "extract")]
+    assert described(failed) == [
+        ("step_failed", "extract"), ("step_dead_lettered", "extract"), ("step_skipped", "big_enough"),
+        ("step_skipped", "load"), ("step_skipped", "notify"), ("run_failed", "extract"),
+    ]
     assert failed.events[0].data["error"] == "exit status 2"
-    assert failed.events[1].data == {"run_id": RUN_ID, "error": "step extract failed: exit status 2",
-                                     "step": "extract", "code": "step_failed"}
+    assert failed.events[0].data["will_retry"] is False
+    assert failed.events[1].data["attempts"] == 1
+    assert failed.events[-1].data == {"run_id": RUN_ID, "error": "step extract failed: exit status 2",
+                                      "step": "extract", "code": "dead_lettered"}
     assert failed.state.status == "failed"
-    assert statuses(failed.state) == {"extract": "failed", "big_enough": "pending", "load": "pending",
-                                      "notify": "pending"}
+    assert statuses(failed.state) == {"extract": "failed", "big_enough": "skipped", "load": "skipped",
+                                      "notify": "skipped"}
     assert failed.state.context == {}
 
 

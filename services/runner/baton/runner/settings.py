@@ -18,3 +18,17 @@ class RunnerSettings(ServiceSettings):
         default=10.0, gt=0, description="Re-dispatch a step no worker picked up after this long."
     )
     max_trigger_bytes: int = Field(default=1_048_576, ge=1024)
+    tenant_max_concurrent_runs: int | None = Field(
+        default=None, ge=1, description="Default limit of running runs per tenant (queued beyond it)."
+    )
+    tenant_limits: dict[str, int] = Field(
+        default_factory=dict, description='Per-tenant overrides, JSON: {"acme": 20}.'
+    )
+    timer_resend_after_seconds: float = Field(
+        default=30.0, gt=0, description="Re-send a timer request the scheduler has not fired this long after due."
+    )
+    command_timeout_seconds: float = Field(default=10.0, gt=0, description="Longest a command may take.")
+
+    def tenant_limit(self, tenant: str) -> int | None:
+        """The running-run limit of ``tenant`` (None: unlimited)."""
+        return self.tenant_limits.get(tenant, self.tenant_max_concurrent_runs)
