@@ -68,3 +68,9 @@ def fired_ids(fired: list[TimerFired]) -> list[str]:
 def raw(body: dict[str, Any]) -> bytes:
     """A hand-written JSON body (for malformed requests)."""
     return json.dumps(body).encode()
+
+
+async def stored_count(js: JetStreamContext, stream: str, subject: str) -> int:
+    """How many messages ``stream`` stores on ``subject`` (one server call, for polling)."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))
