@@ -2,7 +2,7 @@
 
 Starts a real nats-server (JetStream) and a real PostgreSQL from their PyPI packages
 under a data directory (unless NATS_URL / DATABASE_URL point at existing servers),
-runs migrations, then supervises the runner, worker(s) and API as child processes
+runs migrations, then supervises the runner, scheduler, worker(s) and API as child processes
 with prefixed logs, restart on crash and a clean shutdown on Ctrl-C.
 """
 
@@ -93,6 +93,7 @@ def run_up(
         supervisor = Supervisor()
         python = sys.executable
         supervisor.add("runner", [python, "-m", "baton.runner.main"], env)
+        supervisor.add("scheduler", [python, "-m", "baton.scheduler.main"], env)
         for index in range(workers):
             name = f"worker{index + 1}" if workers > 1 else "worker"
             supervisor.add(name, [python, "-m", "baton.runner.worker"], env)

@@ -124,6 +124,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "scheduler timers",
+        """
+        -- Durable timers (baton.scheduler.timers). A row is armed (fired_at IS NULL AND NOT
+        -- canceled), fired, or canceled. A cancel that arrives before its set leaves a
+        -- tombstone (canceled, no due_at) so the late set cannot arm it; fired rows are kept
+        -- (not deleted) so a late duplicate set cannot arm the timer again. Both are purged
+        -- after a retention longer than the TIMERS stream keeps its messages.
+        CREATE TABLE scheduler_timers (
+            timer_id    text PRIMARY KEY,
+            tenant      text,
+            due_at      timestamptz,
+            payload     jsonb,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            canceled    boolean NOT NULL DEFAULT false,
+            fired_at    timestamptz,
+            CONSTRAINT scheduler_timers_armed_has_due CHECK (canceled OR due_at IS NOT NULL)
+        );
+        CREATE INDEX scheduler_timers_due_idx ON scheduler_timers (due_at)
+            WHERE fired_at IS NULL AND NOT canceled;
+        CREATE INDEX scheduler_timers_done_idx ON scheduler_timers ((coalesce(fired_at, created_at)))
+            WHERE fired_at IS NOT NULL OR canceled;
+        """,
+    ),
 )
 
 

@@ -1,0 +1,1 @@
+"""Scheduler service: durable timers (and, later, cron schedules) over NATS and PostgreSQL."""
