@@ -64,11 +64,31 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-async def _spawn(settings: ShellSettings) -> asyncio.subprocess.Process:
+def attempt_environment(ctx: StepContext) -> dict[str, str]:
+    """`BATON_*` variables describing the attempt, so a script can make its side effects idempotent."""
+    env = {
+        "BATON_TENANT": str(ctx.run.get("tenant", "")),
+        "BATON_PIPELINE": str(ctx.run.get("pipeline", "")),
+        "BATON_RUN_ID": str(ctx.run.get("id", "")),
+        "BATON_STEP": ctx.step,
+        "BATON_ATTEMPT": str(ctx.attempt),
+        "BATON_IDEMPOTENCY_KEY": ctx.idempotency_key,
+    }
+    if ctx.partition_key is not None:
+        env["BATON_PARTITION_KEY"] = ctx.partition_key
+    if ctx.is_replay:
+        env["BATON_IS_REPLAY"] = "1"
+    return env
+
+
+async def _spawn(settings: ShellSettings, ctx: StepContext) -> asyncio.subprocess.Process:
     argv = ["/bin/sh", "-c", settings.command] if isinstance(settings.command, str) else settings.command
     if not argv:
         raise ActionFailed("shell: command is an empty list")
-    env = {**os.environ, **settings.env}
+    # The attempt's variables come last: they describe this attempt and cannot be overridden
+    # (a partition key inherited from the worker's own environment would be a lie).
+    inherited = {k: v for k, v in os.environ.items() if k not in ("BATON_PARTITION_KEY", "BATON_IS_REPLAY")}
+    env = {**inherited, **settings.env, **attempt_environment(ctx)}
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -94,7 +114,7 @@ def _log_tail(ctx: StepContext, text: str, level: str) -> None:
 
 async def run_command(settings: ShellSettings, ctx: StepContext) -> dict[str, Any]:
     """Run the command of `settings`; return exit code and output tails, or raise ActionFailed."""
-    process = await _spawn(settings)
+    process = await _spawn(settings, ctx)
     stdout, stderr = OutputTail(), OutputTail()
     readers = asyncio.gather(_drain_stream(process.stdout, stdout), _drain_stream(process.stderr, stderr))
     timeout_s = settings.timeout_ms / 1000
