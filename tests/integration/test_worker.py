@@ -301,8 +301,15 @@ async def test_stop_cancels_items_that_outlive_the_drain_deadline(
     await at_least(1)
     stop.set()
     await asyncio.wait_for(task, timeout=15)
-    # No outcome: the item is left for the runner to re-dispatch rather than reported as failed.
-    assert [type(parse_reply(msg)) for msg in received] == [StepProgress]
+    # No outcome: the item is left for the runner to re-dispatch rather than reported as failed;
+    # a last log batch says why, so the run's history explains the missing result.
+    await flush_confirmed(client)
+    replies = [parse_reply(msg) for msg in received]
+    assert [type(reply) for reply in replies] == [StepProgress, StepLogBatch]
+    last = replies[1]
+    assert isinstance(last, StepLogBatch)
+    assert [line.level for line in last.logs] == ["warning"]
+    assert "w-deadline stopped before the step finished" in last.logs[0].message
     assert worker.in_flight == 0
 
 

@@ -375,11 +375,43 @@ class Worker:
             log.debug("worker %s: %s %s", self.name, key, "ok" if outcome.ok else outcome.error)
         except asyncio.CancelledError:
             log.warning("worker %s: %s cancelled before it finished", self.name, key)
+            live_step = self._live.get(key)
+            if live_step is not None:
+                await self._report_abandoned(live_step)
             raise
         except Exception:
             log.exception("worker %s: could not complete %s", self.name, key)
         finally:
             self._live.pop(key, None)
+
+    async def _report_abandoned(self, live: LiveStep) -> None:
+        """Send what a cancelled step logged, and why it has no outcome; the runner re-dispatches it."""
+        # No outcome: a failure would spend one of the step's attempts on the worker's own
+        # shutdown. The lines still reach the run's history, so its timeline says what happened.
+        live.ctx.log(
+            "warning",
+            f"worker {self.name} stopped before the step finished; the runner will dispatch it again",
+            {"worker": self.name},
+        )
+        async with live.lock:
+            if live.finished:
+                return
+            live.finished = True
+            rest = live.ctx.take_rest()
+            live.sequence += 1
+            item = live.item
+            batch = StepLogBatch(
+                run_id=item.run_id,
+                step=item.step,
+                attempt=item.attempt,
+                worker=self.name,
+                sequence=live.sequence,
+                logs=rest.logs,
+                logs_truncated=rest.logs_truncated,
+                telemetry=rest.telemetry,
+                telemetry_truncated=rest.telemetry_truncated,
+            )
+            await self._publish(item.reply_subject, encode_reply(batch, self._max_payload()), flush=True)
 
     # --- live logs ----------------------------------------------------------------------
     async def _flush_logs_forever(self) -> None:
