@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -410,3 +411,27 @@ async def test_a_running_step_flushes_its_logs_before_the_outcome(
     assert [line.message for line in outcome.logs] == ["finished"]
     assert [s.progress for s in outcome.telemetry] == [1.0]
     assert all(isinstance(reply, StepLogBatch) for reply in replies[1:-1])
+
+
+async def test_a_long_shell_command_streams_its_output_lines(
+    client: NatsClient, subjects: Subjects, running_worker: RunningWorker, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    # Waits for a file the test creates once the first line has arrived (bounded, in case it never does).
+    command = f"echo started; i=0; while [ ! -f {release} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; " \
+        "echo finished"
+    async with running_worker(flush_seconds=0.05):
+        item = make_item(subjects, "shell", {"command": command})
+        received, at_least = await listen(client, item.reply_subject)
+        await dispatch(client, subjects, item)
+        await at_least(2)
+        release.touch()
+        await wait_for(
+            lambda: any(json.loads(msg.data)["kind"] == "outcome" for msg in received), timeout=15, message="outcome"
+        )
+    replies = [parse_reply(msg) for msg in received]
+    batch, outcome = replies[1], replies[-1]
+    assert isinstance(batch, StepLogBatch) and [line.message for line in batch.logs] == ["started"]
+    assert isinstance(outcome, StepOutcome) and outcome.ok
+    assert [line.message for line in outcome.logs] == ["finished"]
+    assert outcome.result["stdout"] == "started\nfinished"

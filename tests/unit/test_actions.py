@@ -34,7 +34,7 @@ from baton.runner.actions import registry
 from baton.runner.actions.context import StepContext
 from baton.runner.actions.head_tail import HeadTailBuffer
 from baton.runner.actions.registry import ActionOutcome, execute_action
-from baton.runner.actions.shell import OUTPUT_TAIL_BYTES
+from baton.runner.actions.shell import MARKER_RESERVE, OUTPUT_TAIL_BYTES, LineLogger
 from baton.runner.worker import encode_reply
 from tests.helpers import wait_for
 
@@ -232,6 +232,26 @@ async def test_shell_keeps_only_a_bounded_tail_of_output() -> None:
     assert len(stdout.encode()) < OUTPUT_TAIL_BYTES + 100
     assert len(ctx.logs) <= MAX_LOG_LINES
     assert ctx.logs[-1].message == "5000"
+
+
+async def test_shell_logs_each_line_and_cuts_endless_ones() -> None:
+    # 100,000 x's without a newline, then a normal line on stderr.
+    command = "head -c 100000 /dev/zero | tr '\\0' 'x'; echo; printf 'tail without newline' >&2"
+    outcome, ctx = await run_item(make_item("shell", {"command": command}))
+    assert outcome.ok, outcome.error
+    long_line, last = ctx.logs
+    kept = MAX_LOG_LINE_CHARS - MARKER_RESERVE
+    assert long_line.level == "info" and long_line.message == "x" * kept + f"…[truncated {100_000 - kept} bytes]"
+    assert (last.level, last.message) == ("warning", "tail without newline")
+
+
+def test_line_logger_splits_chunks_into_lines() -> None:
+    ctx = StepContext.from_work_item(make_item("shell", {"command": "true"}))
+    lines = LineLogger(ctx, "info")
+    for chunk in (b"one\r\ntw", b"o\n", "thr\u00e9".encode()[:4], "thr\u00e9".encode()[4:], b"e\n\nlast"):
+        lines.feed(chunk)
+    lines.close()
+    assert [line.message for line in ctx.logs] == ["one", "two", "thr\u00e9e", "", "last"]
 
 
 async def test_invalid_shell_settings_fail() -> None:
