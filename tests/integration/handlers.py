@@ -46,6 +46,25 @@ def chatty(ctx: StepContext) -> str:
     return "done"
 
 
+def structured(ctx: StepContext) -> dict[str, Any]:
+    """Writes structured log lines and telemetry, and hands back what it knows about the attempt."""
+    ctx.log("info", "loading", {"table": "orders"})
+    ctx.telemetry(rows=500, bytes=64_000, progress=0.5)
+    ctx.log("warning", "slow partition", data={"partition": ctx.partition_key})
+    ctx.telemetry(rows=1_000, progress=1.0, data={"table": "orders"})
+    return {"partition_key": ctx.partition_key, "is_replay": ctx.is_replay, "key": ctx.idempotency_key}
+
+
+async def log_then_wait(ctx: StepContext) -> str:
+    """Logs and reports progress, waits for the test's gate, then logs once more: a long-running step."""
+    ctx.log("info", "started", {"gate": ctx.trigger["gate"]})
+    ctx.telemetry(progress=0.1)
+    await GATES[ctx.trigger["gate"]].wait()
+    ctx.log("info", "finished")
+    ctx.telemetry(progress=1.0)
+    return "released"
+
+
 async def record(ctx: StepContext) -> str:
     """Counts its executions per idempotency key (to prove no item runs twice)."""
     EXECUTIONS[ctx.idempotency_key] += 1

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -14,7 +17,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from baton.events.messages import StepOutcome, StepProgress, WorkItem
+from baton.events.messages import StepLogBatch, StepOutcome, StepProgress, WorkItem
 from baton.events.subjects import Subjects
 from baton.runner.worker import Worker, flush_confirmed
 from tests.helpers import wait_for
@@ -110,9 +113,13 @@ async def listen(nc: NatsClient, subject: str) -> tuple[list[Msg], Callable[[int
     return received, at_least
 
 
-def parse_reply(msg: Msg) -> StepProgress | StepOutcome:
+def parse_reply(msg: Msg) -> StepProgress | StepOutcome | StepLogBatch:
     data = json.loads(msg.data)
-    return StepProgress.model_validate(data) if data["kind"] == "started" else StepOutcome.model_validate(data)
+    if data["kind"] == "started":
+        return StepProgress.model_validate(data)
+    if data["kind"] == "logs":
+        return StepLogBatch.model_validate(data)
+    return StepOutcome.model_validate(data)
 
 
 async def test_python_step_reports_progress_then_outcome(
@@ -295,6 +302,136 @@ async def test_stop_cancels_items_that_outlive_the_drain_deadline(
     await at_least(1)
     stop.set()
     await asyncio.wait_for(task, timeout=15)
-    # No outcome: the item is left for the runner to re-dispatch rather than reported as failed.
-    assert [type(parse_reply(msg)) for msg in received] == [StepProgress]
+    # No outcome: the item is left for the runner to re-dispatch rather than reported as failed;
+    # a last log batch says why, so the run's history explains the missing result.
+    await flush_confirmed(client)
+    replies = [parse_reply(msg) for msg in received]
+    assert [type(reply) for reply in replies] == [StepProgress, StepLogBatch]
+    last = replies[1]
+    assert isinstance(last, StepLogBatch)
+    assert [line.level for line in last.logs] == ["warning"]
+    assert "w-deadline stopped before the step finished" in last.logs[0].message
     assert worker.in_flight == 0
+
+
+# --- handler inputs, structured logs, telemetry, live batches ------------------------------
+
+
+@pytest.fixture
+def header_echo() -> Iterator[str]:
+    """A local HTTP server that answers with the Idempotency-Key header it received."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = (self.headers.get("idempotency-key") or "<none>").encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_shell_and_http_steps_receive_the_attempt_identity(
+    client: NatsClient, subjects: Subjects, running_worker: RunningWorker, header_echo: str
+) -> None:
+    command = 'echo "$BATON_RUN_ID $BATON_STEP $BATON_ATTEMPT $BATON_IDEMPOTENCY_KEY $BATON_PARTITION_KEY"'
+    async with running_worker():
+        shell = make_item(subjects, "shell", {"command": command}, attempt=3, partition_key="2026-11-22")
+        http = make_item(subjects, "http", {"url": header_echo, "method": "POST"}, step="notify", attempt=2)
+        _, shell_replies = await listen(client, shell.reply_subject)
+        _, http_replies = await listen(client, http.reply_subject)
+        await dispatch(client, subjects, shell)
+        await dispatch(client, subjects, http)
+        shell_outcome = parse_reply((await shell_replies(2))[1])
+        http_outcome = parse_reply((await http_replies(2))[1])
+    assert isinstance(shell_outcome, StepOutcome) and shell_outcome.ok, shell_outcome
+    assert shell_outcome.result["stdout"] == f"{shell.run_id} s1 3 {shell.run_id}:s1:3 2026-11-22"
+    assert isinstance(http_outcome, StepOutcome) and http_outcome.ok, http_outcome
+    assert http_outcome.result["body"] == f"{http.run_id}:notify:2"
+
+
+async def test_structured_logs_and_telemetry_travel_in_the_outcome(
+    client: NatsClient, subjects: Subjects, running_worker: RunningWorker
+) -> None:
+    async with running_worker():
+        item = make_item(subjects, "python", {"ref": f"{HANDLERS}:structured"}, partition_key="eu-1")
+        _, at_least = await listen(client, item.reply_subject)
+        await dispatch(client, subjects, item)
+        outcome = parse_reply((await at_least(2))[1])
+    assert isinstance(outcome, StepOutcome) and outcome.ok, outcome
+    assert outcome.result == {"partition_key": "eu-1", "is_replay": False, "key": item.idempotency_key}
+    assert [(line.level, line.message, line.data) for line in outcome.logs] == [
+        ("info", "loading", {"table": "orders"}),
+        ("warning", "slow partition", {"partition": "eu-1"}),
+    ]
+    assert [(s.rows, s.bytes, s.progress, s.data) for s in outcome.telemetry] == [
+        (500, 64_000, 0.5, None),
+        (1_000, None, 1.0, {"table": "orders"}),
+    ]
+    assert outcome.logs_truncated == 0 and outcome.telemetry_truncated == 0
+
+
+async def test_a_running_step_flushes_its_logs_before_the_outcome(
+    client: NatsClient, subjects: Subjects, running_worker: RunningWorker
+) -> None:
+    gate = uuid.uuid4().hex
+    handlers.GATES[gate] = asyncio.Event()
+    async with running_worker(flush_seconds=0.05):
+        item = make_item(subjects, "python", {"ref": f"{HANDLERS}:log_then_wait"}, trigger={"gate": gate})
+        received, at_least = await listen(client, item.reply_subject)
+        await dispatch(client, subjects, item)
+        # The handler is blocked on the gate: a log batch can only come from the live flush.
+        await at_least(2)
+        handlers.GATES[gate].set()
+        await wait_for(
+            lambda: any(json.loads(msg.data)["kind"] == "outcome" for msg in received),
+            timeout=15,
+            message="outcome",
+        )
+    replies = [parse_reply(msg) for msg in received]
+    assert isinstance(replies[0], StepProgress)
+    batch, outcome = replies[1], replies[-1]
+    assert isinstance(batch, StepLogBatch) and isinstance(outcome, StepOutcome)
+    assert (batch.run_id, batch.step, batch.attempt, batch.sequence) == (item.run_id, "s1", 1, 1)
+    assert [(line.level, line.message, line.data) for line in batch.logs] == [("info", "started", {"gate": gate})]
+    assert [s.progress for s in batch.telemetry] == [0.1]
+    # Lines sent early are not repeated in the outcome; the outcome is the last reply.
+    assert [line.message for line in outcome.logs] == ["finished"]
+    assert [s.progress for s in outcome.telemetry] == [1.0]
+    assert all(isinstance(reply, StepLogBatch) for reply in replies[1:-1])
+
+
+async def test_a_long_shell_command_streams_its_output_lines(
+    client: NatsClient, subjects: Subjects, running_worker: RunningWorker, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    # Waits for a file the test creates once the first line has arrived (bounded, in case it never does).
+    command = f"echo started; i=0; while [ ! -f {release} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; " \
+        "echo finished"
+    async with running_worker(flush_seconds=0.05):
+        item = make_item(subjects, "shell", {"command": command})
+        received, at_least = await listen(client, item.reply_subject)
+        await dispatch(client, subjects, item)
+        await at_least(2)
+        release.touch()
+        await wait_for(
+            lambda: any(json.loads(msg.data)["kind"] == "outcome" for msg in received), timeout=15, message="outcome"
+        )
+    replies = [parse_reply(msg) for msg in received]
+    batch, outcome = replies[1], replies[-1]
+    assert isinstance(batch, StepLogBatch) and [line.message for line in batch.logs] == ["started"]
+    assert isinstance(outcome, StepOutcome) and outcome.ok
+    assert [line.message for line in outcome.logs] == ["finished"]
+    assert outcome.result["stdout"] == "started\nfinished"

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,22 @@ from typing import Any
 import httpx
 import pytest
 
-from baton.events.messages import MAX_LOG_LINE_CHARS, MAX_LOG_LINES, MAX_RESULT_BYTES, WorkItem
+from baton.events.catalogue import LogLine, TelemetrySample
+from baton.events.messages import (
+    MAX_LOG_LINE_CHARS,
+    MAX_LOG_LINES,
+    MAX_RESULT_BYTES,
+    MAX_TELEMETRY_SAMPLES,
+    StepLogBatch,
+    StepOutcome,
+    WorkItem,
+)
 from baton.runner.actions import registry
 from baton.runner.actions.context import StepContext
+from baton.runner.actions.head_tail import HeadTailBuffer
 from baton.runner.actions.registry import ActionOutcome, execute_action
-from baton.runner.actions.shell import OUTPUT_TAIL_BYTES
+from baton.runner.actions.shell import MARKER_RESERVE, OUTPUT_TAIL_BYTES, LineLogger
+from baton.runner.worker import encode_reply
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.unit
@@ -184,6 +196,17 @@ async def test_shell_honours_env_and_cwd(workdir: str) -> None:
     assert outcome.result["stdout"] == f"bar|{workdir}|has-path"
 
 
+async def test_shell_sees_the_attempt_in_baton_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON_PARTITION_KEY", "stale-from-the-worker")
+    command = 'printf "%s|%s|%s|%s|%s" "$BATON_RUN_ID" "$BATON_STEP" "$BATON_ATTEMPT" "$BATON_IDEMPOTENCY_KEY" ' \
+        '"${BATON_PARTITION_KEY-unset}"'
+    outcome, _ = await run_item(make_item("shell", {"command": command, "env": {"BATON_ATTEMPT": "99"}}))
+    assert outcome.ok, outcome.error
+    assert outcome.result["stdout"] == "r1|s1|2|r1:s1:2|unset"
+    outcome, _ = await run_item(make_item("shell", {"command": 'echo "$BATON_PARTITION_KEY"'}, partition_key="p-7"))
+    assert outcome.result["stdout"] == "p-7"
+
+
 async def test_shell_argv_list_is_not_interpreted_by_a_shell() -> None:
     outcome, _ = await run_item(make_item("shell", {"command": ["echo", "$HOME; rm -rf /"]}))
     assert outcome.ok
@@ -211,6 +234,26 @@ async def test_shell_keeps_only_a_bounded_tail_of_output() -> None:
     assert ctx.logs[-1].message == "5000"
 
 
+async def test_shell_logs_each_line_and_cuts_endless_ones() -> None:
+    # 100,000 x's without a newline, then a normal line on stderr.
+    command = "head -c 100000 /dev/zero | tr '\\0' 'x'; echo; printf 'tail without newline' >&2"
+    outcome, ctx = await run_item(make_item("shell", {"command": command}))
+    assert outcome.ok, outcome.error
+    long_line, last = ctx.logs
+    kept = MAX_LOG_LINE_CHARS - MARKER_RESERVE
+    assert long_line.level == "info" and long_line.message == "x" * kept + f"…[truncated {100_000 - kept} bytes]"
+    assert (last.level, last.message) == ("warning", "tail without newline")
+
+
+def test_line_logger_splits_chunks_into_lines() -> None:
+    ctx = StepContext.from_work_item(make_item("shell", {"command": "true"}))
+    lines = LineLogger(ctx, "info")
+    for chunk in (b"one\r\ntw", b"o\n", "thr\u00e9".encode()[:4], "thr\u00e9".encode()[4:], b"e\n\nlast"):
+        lines.feed(chunk)
+    lines.close()
+    assert [line.message for line in ctx.logs] == ["one", "two", "thr\u00e9e", "", "last"]
+
+
 async def test_invalid_shell_settings_fail() -> None:
     outcome, _ = await run_item(make_item("shell", {"cmd": "echo"}))
     assert not outcome.ok and "invalid settings" in (outcome.error or "")
@@ -236,17 +279,142 @@ async def test_python_async_handler_sees_the_step_context() -> None:
     }
 
 
-async def test_ctx_log_keeps_the_last_lines_and_truncates_long_messages() -> None:
+async def test_ctx_log_keeps_the_first_and_last_lines_and_truncates_long_messages() -> None:
     outcome, ctx = await run_item(make_item("python", {"ref": f"{HERE}:noisy"}))
     assert outcome.ok
     logs = ctx.logs
     assert len(logs) == MAX_LOG_LINES
     assert ctx.truncated == 51  # 251 lines written, 200 kept
-    assert logs[0].message == "line 51" and logs[0].data == {"index": 51}
+    half = MAX_LOG_LINES // 2
+    assert logs[0].message == "line 0" and logs[0].data == {"index": 0}
+    assert logs[half - 1].message == f"line {half - 1}"
+    # The tail starts after the 51 dropped lines.
+    assert logs[half].message == f"line {half + 51}" and logs[half].data == {"index": half + 51}
     last = logs[-1]
     assert last.level == "error"
     assert last.message.endswith("…[truncated 1000 chars]")
     assert len(last.message) < MAX_LOG_LINE_CHARS + 40
+
+
+def test_ctx_log_accepts_level_message_data_and_the_older_forms() -> None:
+    ctx = StepContext.from_work_item(make_item("python", {"ref": f"{HERE}:noisy"}))
+    ctx.log("just a message")
+    ctx.log("warning", "disk at 91%", {"disk": "/data", "used": 0.91})
+    ctx.log("error", "failed", data={"code": 7})
+    ctx.log("debug", "details", step_rows=3)
+    ctx.log("WARN", "alias")
+    ctx.log("older form", level="error", index=1)
+    ctx.log("merged", data={"a": 1}, b=2)
+    assert [(line.level, line.message, line.data) for line in ctx.logs] == [
+        ("info", "just a message", None),
+        ("warning", "disk at 91%", {"disk": "/data", "used": 0.91}),
+        ("error", "failed", {"code": 7}),
+        ("debug", "details", {"step_rows": 3}),
+        ("warning", "alias", None),
+        ("error", "older form", {"index": 1}),
+        ("info", "merged", {"a": 1, "b": 2}),
+    ]
+    with pytest.raises(TypeError):
+        ctx.log()
+    with pytest.raises(TypeError):
+        ctx.log("info", "twice", level="error")
+
+
+def test_ctx_telemetry_records_samples_and_refuses_nonsense() -> None:
+    ctx = StepContext.from_work_item(make_item("python", {"ref": f"{HERE}:noisy"}))
+    ctx.telemetry(rows=10, bytes=2048, progress=0.25)
+    ctx.telemetry(progress=1.0000000002, data={"table": "orders"})
+    first, second = ctx.samples
+    assert (first.rows, first.bytes, first.progress, first.data) == (10, 2048, 0.25, None)
+    assert (second.rows, second.progress, second.data) == (None, 1.0, {"table": "orders"})
+    with pytest.raises(ValueError, match="at least one"):
+        ctx.telemetry()
+    with pytest.raises(ValueError, match="negative"):
+        ctx.telemetry(rows=-1)
+    with pytest.raises(TypeError, match="rows must be an int"):
+        ctx.telemetry(rows=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="progress"):
+        ctx.telemetry(progress=float("nan"))
+    assert len(ctx.samples) == 2
+
+
+def test_ctx_telemetry_is_bounded_like_the_log() -> None:
+    ctx = StepContext.from_work_item(make_item("python", {"ref": f"{HERE}:noisy"}))
+    for index in range(MAX_TELEMETRY_SAMPLES + 30):
+        ctx.telemetry(rows=index)
+    rest = ctx.take_rest()
+    assert len(rest.telemetry) == MAX_TELEMETRY_SAMPLES and rest.telemetry_truncated == 30
+    half = MAX_TELEMETRY_SAMPLES // 2
+    assert [s.rows for s in rest.telemetry[:2]] == [0, 1]
+    assert rest.telemetry[half].rows == half + 30
+    assert rest.telemetry[-1].rows == MAX_TELEMETRY_SAMPLES + 29
+
+
+def test_live_batches_and_the_rest_add_up_to_the_bounded_record() -> None:
+    ctx = StepContext.from_work_item(make_item("python", {"ref": f"{HERE}:noisy"}))
+    total = MAX_LOG_LINES * 2
+    taken: list[str] = []
+    for index in range(total):
+        ctx.log(f"line {index}")
+        if index % 37 == 0:  # the worker flushing now and then while the step runs
+            taken += [line.message for line in ctx.take_live().logs]
+    rest = ctx.take_rest()
+    messages = taken + [line.message for line in rest.logs]
+    assert len(messages) == MAX_LOG_LINES and len(set(messages)) == MAX_LOG_LINES
+    assert rest.logs_truncated == total - MAX_LOG_LINES
+    half = MAX_LOG_LINES // 2
+    # Only head lines are ever sent early: the live batches hold exactly the first half.
+    assert taken == [f"line {i}" for i in range(half)]
+    assert messages[half:] == [f"line {i}" for i in range(total - half, total)]
+    assert ctx.take_live().empty
+
+
+def test_head_tail_buffer_keeps_first_and_last() -> None:
+    buffer: HeadTailBuffer[int] = HeadTailBuffer(5)
+    for value in range(12):
+        buffer.append(value)
+    assert buffer.items() == [0, 1, 2, 10, 11]
+    assert buffer.dropped == 7
+    assert buffer.take_head() == [0, 1, 2]
+    assert buffer.take_head() == []
+    assert buffer.take_rest() == [10, 11]
+    tiny: HeadTailBuffer[int] = HeadTailBuffer(1)
+    for value in range(3):
+        tiny.append(value)
+    assert tiny.items() == [0] and tiny.dropped == 2
+    with pytest.raises(ValueError):
+        HeadTailBuffer(0)
+
+
+def test_ctx_exposes_attempt_partition_and_replay_flags() -> None:
+    item = make_item("python", {"ref": f"{HERE}:noisy"}, partition_key="2026-11-22")
+    ctx = StepContext.from_work_item(item)
+    assert (ctx.attempt, ctx.idempotency_key, ctx.partition_key) == (2, "r1:s1:2", "2026-11-22")
+    assert not ctx.is_replay and not ctx.dry_run
+    # Older runners send no partition_key: the trigger snapshot's slice_key stands in.
+    replay = make_item(
+        "python", {"ref": f"{HERE}:noisy"}, trigger={"slice_key": "eu", "replay_of": "t-0", "dry_run": True}
+    )
+    ctx = StepContext.from_work_item(replay)
+    assert ctx.partition_key == "eu" and ctx.is_replay and ctx.dry_run
+
+
+def test_replies_that_exceed_the_payload_limit_shed_old_lines_first() -> None:
+    now = datetime.now(UTC)
+    lines = [LogLine(at=now, message=f"{i} " + "x" * 1000) for i in range(50)]
+    samples = [TelemetrySample(at=now, rows=i, data={"pad": "y" * 500}) for i in range(50)]
+    batch = StepLogBatch(run_id="r1", step="s1", attempt=1, worker="w", logs=lines, telemetry=samples)
+    decoded = StepLogBatch.model_validate_json(encode_reply(batch, 20_000))
+    assert decoded.logs == [] and decoded.logs_truncated == 50
+    assert 0 < len(decoded.telemetry) < 50 and decoded.telemetry_truncated == 50 - len(decoded.telemetry)
+    assert decoded.telemetry[-1].rows == 49  # the newest survive
+    outcome = StepOutcome(
+        run_id="r1", step="s1", attempt=1, worker="w", ok=True, result="z" * 50_000, started_at=now,
+        duration_ms=1, logs=lines[:5],
+    )
+    decoded_outcome = StepOutcome.model_validate_json(encode_reply(outcome, 20_000))
+    assert decoded_outcome.logs == [] and decoded_outcome.logs_truncated == 5
+    assert decoded_outcome.result["truncated"] is True and decoded_outcome.result["bytes"] > 50_000
 
 
 def test_ctx_log_makes_data_json_safe() -> None:
@@ -339,6 +507,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"null")
         if self.path == "/echo":
             self._send(200, "application/json", json.dumps({"got": body, "auth": self.headers.get("x-token")}))
+        elif self.path == "/key":
+            self._send(200, "text/plain", self.headers.get("idempotency-key", "<none>"))
         else:
             self._send(500, "text/plain", "database unavailable")
 
@@ -388,6 +558,16 @@ async def test_http_json_success(http_base: str, client: httpx.AsyncClient) -> N
         "headers": {"content-type": "application/json"},
     }
     assert ctx.logs[0].message == f"POST {http_base}/echo -> 200"
+
+
+async def test_http_sends_the_idempotency_key_unless_the_user_set_one(
+    http_base: str, client: httpx.AsyncClient
+) -> None:
+    outcome, _ = await run_item(make_item("http", {"url": f"{http_base}/key", "method": "POST"}), client)
+    assert outcome.ok and outcome.result["body"] == "r1:s1:2"
+    settings = {"url": f"{http_base}/key", "method": "POST", "headers": {"idempotency-KEY": "mine"}}
+    outcome, _ = await run_item(make_item("http", settings), client)
+    assert outcome.ok and outcome.result["body"] == "mine"
 
 
 async def test_http_unexpected_status_fails(http_base: str, client: httpx.AsyncClient) -> None:

@@ -32,7 +32,7 @@ from baton.events.commands import CancelRun, CommandReply, ReplayTrigger, RetryR
 from baton.events.db import make_engine
 from baton.events.envelope import EventMetadata
 from baton.events.listener import listen_for_commits
-from baton.events.messages import StepOutcome, StepProgress, WorkerReply, WorkItem
+from baton.events.messages import StepLogBatch, StepOutcome, StepProgress, WorkerReply, WorkItem
 from baton.events.migrations import migrate
 from baton.events.postgres_store import PostgresEventStore
 from baton.events.relay import EventRelay
@@ -316,6 +316,8 @@ class RunnerService:
                     self.subjects.dlq("result"), msg.data, headers={"Baton-Reason": "invalid_reply",
                                                                     "Baton-Detail": header_safe(str(exc))}
                 )
+            return
+        if isinstance(reply, StepLogBatch):  # worker branch stop-gap: the runner core records these (issue 3)
             return
         for attempt in range(5):
             try:

@@ -6,6 +6,11 @@ from the event store. A worker therefore expects duplicates: an item already run
 ignored, a recently finished one gets its stored outcome again without re-running, and any
 other handler receives a stable `idempotency_key` to make its own side effects idempotent.
 
+While a step runs, the log lines and telemetry its handler writes are sent at most every
+`flush_seconds` as `StepLogBatch` replies; whatever is left goes in the `StepOutcome`. Only
+lines that can never be dropped later (the head of the bounded log) are sent early, so the
+lines of one attempt add up to the same bounded record however long the step runs.
+
 Start one with `python -m baton.runner.worker` (settings: `baton.runner.worker_settings`).
 """
 
@@ -21,7 +26,9 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import httpx
 import nats
@@ -30,10 +37,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
-from baton.events.messages import WORKER_QUEUE_GROUP, StepOutcome, StepProgress, WorkItem
+from baton.events.messages import WORKER_QUEUE_GROUP, StepLogBatch, StepOutcome, StepProgress, WorkItem
 from baton.events.subjects import Subjects
 
-from .actions.context import StepContext, truncate_text
+from .actions.context import StepContext, StepRecord, truncate_text
 from .actions.registry import bound_result, execute_action
 from .worker_settings import WorkerSettings
 
@@ -44,6 +51,20 @@ MAX_ERROR_CHARS = 8_000
 DLQ_DETAIL_CHARS = 1_000
 FLUSH_TIMEOUT_S = 5  # seconds; nats-py annotates flush(timeout) as int
 RECONNECT_WAIT_S = 1.0
+
+ReplyT = TypeVar("ReplyT", StepOutcome, StepLogBatch)
+
+
+@dataclass
+class LiveStep:
+    """A step executing on this worker: what its log batches need, and the lock that orders them."""
+
+    item: WorkItem
+    ctx: StepContext
+    # Held while a batch or the outcome is taken and published, so nothing is sent after the outcome.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sequence: int = 0
+    finished: bool = False
 
 
 class RecentOutcomes:
@@ -71,19 +92,26 @@ class RecentOutcomes:
             self._bytes -= len(dropped)
 
 
-def encode_outcome(outcome: StepOutcome, max_bytes: int) -> bytes:
-    """JSON of `outcome`, shedding oldest log lines and then shrinking the result until it fits."""
-    data = outcome.model_dump_json().encode()
-    logs = list(outcome.logs)
-    dropped = outcome.logs_truncated
-    while len(data) > max_bytes and logs:
-        cut = max(1, len(logs) // 2)
-        logs, dropped = logs[cut:], dropped + cut
-        outcome = outcome.model_copy(update={"logs": logs, "logs_truncated": dropped})
-        data = outcome.model_dump_json().encode()
-    if len(data) > max_bytes:
-        outcome = outcome.model_copy(update={"result": bound_result(outcome.result, max_bytes // 4)})
-        data = outcome.model_dump_json().encode()
+def _shed(reply: ReplyT, field_name: str, count_name: str, max_bytes: int) -> tuple[ReplyT, bytes]:
+    """Drop the oldest half of `reply.<field_name>` until its JSON fits, counting drops in `count_name`."""
+    data = reply.model_dump_json().encode()
+    items = list(getattr(reply, field_name))
+    dropped: int = getattr(reply, count_name)
+    while len(data) > max_bytes and items:
+        cut = max(1, len(items) // 2)
+        items, dropped = items[cut:], dropped + cut
+        reply = reply.model_copy(update={field_name: items, count_name: dropped})
+        data = reply.model_dump_json().encode()
+    return reply, data
+
+
+def encode_reply(reply: ReplyT, max_bytes: int) -> bytes:
+    """JSON of an outcome or log batch that fits in `max_bytes`: oldest log lines go first, then samples."""
+    reply, data = _shed(reply, "logs", "logs_truncated", max_bytes)
+    reply, data = _shed(reply, "telemetry", "telemetry_truncated", max_bytes)
+    if len(data) > max_bytes and isinstance(reply, StepOutcome):
+        smaller = reply.model_copy(update={"result": bound_result(reply.result, max_bytes // 4)})
+        data = smaller.model_dump_json().encode()
     return data
 
 
@@ -114,19 +142,24 @@ class Worker:
         name: str | None = None,
         *,
         drain_seconds: float = 30.0,
+        flush_seconds: float = 1.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if flush_seconds <= 0:
+            raise ValueError("flush_seconds must be positive")
         self.nats_url = nats_url
         self.subjects = subjects
         self.concurrency = concurrency
         self.name = name or default_worker_name()
         self.drain_seconds = drain_seconds
+        self.flush_seconds = flush_seconds
         self.ready = asyncio.Event()
         """Set once the subscription is registered with the server (messages published after it arrive)."""
         self.executed = 0
         self._semaphore = asyncio.Semaphore(concurrency)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._live: dict[str, LiveStep] = {}
         self._recent = RecentOutcomes()
         self._accepting = True
         self._stopping = False
@@ -167,10 +200,16 @@ class Worker:
                 WORKER_QUEUE_GROUP,
                 self.concurrency,
             )
-            await _wait_first(stop.wait(), self._closed.wait())
-            if self._closed.is_set() and not stop.is_set():
-                raise RuntimeError(f"worker {self.name}: NATS connection closed unexpectedly")
-            await self._shutdown(nc, subscription)
+            flusher = asyncio.create_task(self._flush_logs_forever(), name=f"worker {self.name} log flusher")
+            try:
+                await _wait_first(stop.wait(), self._closed.wait())
+                if self._closed.is_set() and not stop.is_set():
+                    raise RuntimeError(f"worker {self.name}: NATS connection closed unexpectedly")
+                await self._shutdown(nc, subscription)
+            finally:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
         finally:
             self._accepting = False
             self._stopping = True
@@ -300,38 +339,112 @@ class Worker:
     async def _execute(self, item: WorkItem) -> None:
         started_at = datetime.now(UTC)
         started = time.monotonic()
+        key = item.idempotency_key
         try:
             progress = StepProgress(
                 run_id=item.run_id, step=item.step, attempt=item.attempt, worker=self.name, started_at=started_at
             )
             await self._publish(item.reply_subject, _encode(progress))
             ctx = StepContext.from_work_item(item)
+            live = self._live[key] = LiveStep(item, ctx)
             if self._http is None:  # run() creates the client before subscribing; this is a bug guard
                 raise RuntimeError("worker has no HTTP client")
             outcome = await execute_action(item, ctx, self._http)
-            reply = StepOutcome(
+            async with live.lock:
+                live.finished = True
+                rest = ctx.take_rest()
+                reply = StepOutcome(
+                    run_id=item.run_id,
+                    step=item.step,
+                    attempt=item.attempt,
+                    worker=self.name,
+                    ok=outcome.ok,
+                    result=outcome.result,
+                    error=truncate_text(outcome.error, MAX_ERROR_CHARS) if outcome.error is not None else None,
+                    started_at=started_at,
+                    duration_ms=(time.monotonic() - started) * 1000,
+                    logs=rest.logs,
+                    logs_truncated=rest.logs_truncated,
+                    telemetry=rest.telemetry,
+                    telemetry_truncated=rest.telemetry_truncated,
+                )
+                data = encode_reply(reply, self._max_payload())
+                self._recent.put(key, data)
+                self.executed += 1
+                await self._publish(item.reply_subject, data, flush=True)
+            log.debug("worker %s: %s %s", self.name, key, "ok" if outcome.ok else outcome.error)
+        except asyncio.CancelledError:
+            log.warning("worker %s: %s cancelled before it finished", self.name, key)
+            live_step = self._live.get(key)
+            if live_step is not None:
+                await self._report_abandoned(live_step)
+            raise
+        except Exception:
+            log.exception("worker %s: could not complete %s", self.name, key)
+        finally:
+            self._live.pop(key, None)
+
+    async def _report_abandoned(self, live: LiveStep) -> None:
+        """Send what a cancelled step logged, and why it has no outcome; the runner re-dispatches it."""
+        # No outcome: a failure would spend one of the step's attempts on the worker's own
+        # shutdown. The lines still reach the run's history, so its timeline says what happened.
+        live.ctx.log(
+            "warning",
+            f"worker {self.name} stopped before the step finished; the runner will dispatch it again",
+            {"worker": self.name},
+        )
+        async with live.lock:
+            if live.finished:
+                return
+            live.finished = True
+            rest = live.ctx.take_rest()
+            live.sequence += 1
+            item = live.item
+            batch = StepLogBatch(
                 run_id=item.run_id,
                 step=item.step,
                 attempt=item.attempt,
                 worker=self.name,
-                ok=outcome.ok,
-                result=outcome.result,
-                error=truncate_text(outcome.error, MAX_ERROR_CHARS) if outcome.error is not None else None,
-                started_at=started_at,
-                duration_ms=(time.monotonic() - started) * 1000,
-                logs=ctx.logs,
-                logs_truncated=ctx.truncated,
+                sequence=live.sequence,
+                logs=rest.logs,
+                logs_truncated=rest.logs_truncated,
+                telemetry=rest.telemetry,
+                telemetry_truncated=rest.telemetry_truncated,
             )
-            data = encode_outcome(reply, self._max_payload())
-            self._recent.put(item.idempotency_key, data)
-            self.executed += 1
-            await self._publish(item.reply_subject, data, flush=True)
-            log.debug("worker %s: %s %s", self.name, item.idempotency_key, "ok" if outcome.ok else outcome.error)
-        except asyncio.CancelledError:
-            log.warning("worker %s: %s cancelled before it finished", self.name, item.idempotency_key)
-            raise
-        except Exception:
-            log.exception("worker %s: could not complete %s", self.name, item.idempotency_key)
+            await self._publish(item.reply_subject, encode_reply(batch, self._max_payload()), flush=True)
+
+    # --- live logs ----------------------------------------------------------------------
+    async def _flush_logs_forever(self) -> None:
+        """Every `flush_seconds`, send what running steps logged since the last batch."""
+        while True:
+            await asyncio.sleep(self.flush_seconds)  # a rate limit, not synchronisation
+            for live in list(self._live.values()):
+                try:
+                    await self.flush_step_logs(live)
+                except Exception:
+                    log.exception("worker %s: could not flush logs of %s", self.name, live.item.idempotency_key)
+
+    async def flush_step_logs(self, live: LiveStep) -> bool:
+        """Send the step's new head lines and samples as a StepLogBatch; False when there was nothing to send."""
+        async with live.lock:
+            if live.finished:
+                return False
+            record: StepRecord = live.ctx.take_live()
+            if record.empty:
+                return False
+            live.sequence += 1
+            item = live.item
+            batch = StepLogBatch(
+                run_id=item.run_id,
+                step=item.step,
+                attempt=item.attempt,
+                worker=self.name,
+                sequence=live.sequence,
+                logs=record.logs,
+                telemetry=record.telemetry,
+            )
+            await self._publish(item.reply_subject, encode_reply(batch, self._max_payload()))
+            return True
 
     async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
         """Publish the message as received to `<prefix>.dlq.work`, with why in `Baton-*` headers."""
@@ -392,6 +505,7 @@ async def serve(settings: WorkerSettings) -> None:
         concurrency=settings.worker_concurrency,
         name=settings.worker_name,
         drain_seconds=settings.worker_drain_seconds,
+        flush_seconds=settings.worker_flush_seconds,
     )
     await worker.run(stop)
 

@@ -20,4 +20,7 @@ class WorkerSettings(BaseSettings):
     worker_drain_seconds: float = Field(
         default=30.0, ge=0, le=3_600, description="On stop, how long in-flight steps may take to finish."
     )
+    worker_flush_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often a running step's new log lines and telemetry are sent."
+    )
     log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$")

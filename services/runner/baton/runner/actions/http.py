@@ -16,6 +16,7 @@ from .context import ActionFailed, StepContext
 MAX_BODY_BYTES = MAX_RESULT_BYTES
 """Bytes of response body read at most; a larger body is cut and returned as text."""
 ERROR_BODY_CHARS = 500
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _status_expected(status: int, expected: list[int] | int | None) -> bool:
@@ -62,7 +63,12 @@ def _decode_body(raw: bytes, cut: bool, content_type: str, encoding: str) -> Any
 async def send_request(settings: HttpSettings, ctx: StepContext, client: httpx.AsyncClient) -> dict[str, Any]:
     """Send the request of `settings`; return status, body and content type, or raise ActionFailed."""
     target = f"{settings.method} {settings.url}"
-    request_kwargs: dict[str, Any] = {"headers": settings.headers, "timeout": settings.timeout_ms / 1000}
+    headers = dict(settings.headers)
+    # A receiving service can deduplicate retried or re-dispatched attempts by this key;
+    # a header the user set (in any case) wins.
+    if not any(name.lower() == IDEMPOTENCY_HEADER.lower() for name in headers):
+        headers[IDEMPOTENCY_HEADER] = ctx.idempotency_key
+    request_kwargs: dict[str, Any] = {"headers": headers, "timeout": settings.timeout_ms / 1000}
     if settings.json_body is not None:
         request_kwargs["json"] = settings.json_body
     try:

@@ -1,4 +1,9 @@
-"""The `shell` action: run a command in its own process group with bounded output capture."""
+"""The `shell` action: run a command in its own process group with bounded output capture.
+
+Each output line is logged as it arrives (stdout at info, stderr at warning), so the worker's
+live log batches show a long command's progress; the step's bounded log keeps its first and
+latest lines. The result holds the last OUTPUT_TAIL_BYTES of each stream.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,16 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from baton.events.messages import MAX_LOG_LINES, WorkItem
+from baton.events.messages import MAX_LOG_LINE_CHARS, WorkItem
 from baton.events.pipeline import ShellSettings
 
 from .context import ActionFailed, StepContext
 
 OUTPUT_TAIL_BYTES = 64 * 1024
 """How much of the end of stdout and of stderr is kept; earlier output is dropped and counted."""
-LOG_TAIL_LINES = MAX_LOG_LINES // 2
-"""At most this many trailing lines of each stream are copied into the step log."""
+LINE_BUFFER_BYTES = MAX_LOG_LINE_CHARS * 4
+"""Bytes of one unfinished output line held at most (a UTF-8 character is at most 4 bytes)."""
+MARKER_RESERVE = 40
 ERROR_STDERR_CHARS = 2_000
 READ_CHUNK = 64 * 1024
 
@@ -50,11 +56,50 @@ class OutputTail:
         return body
 
 
-async def _drain_stream(stream: asyncio.StreamReader | None, tail: OutputTail) -> None:
+class LineLogger:
+    """Logs each line of a stream as soon as it is complete, so a long command's output shows while it runs."""
+
+    def __init__(self, ctx: StepContext, level: str) -> None:
+        self.ctx = ctx
+        self.level = level
+        self._partial = bytearray()
+        self._overflow = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Add output; log the lines it completes; hold at most LINE_BUFFER_BYTES of an unfinished one."""
+        self._partial.extend(chunk)
+        while (end := self._partial.find(b"\n")) >= 0:
+            line = bytes(self._partial[:end])
+            del self._partial[: end + 1]
+            self._emit(line)
+        excess = len(self._partial) - LINE_BUFFER_BYTES
+        if excess > 0:
+            del self._partial[LINE_BUFFER_BYTES:]
+            self._overflow += excess
+
+    def close(self) -> None:
+        """Log the last line when the output did not end with a newline."""
+        if self._partial or self._overflow:
+            self._emit(bytes(self._partial))
+            self._partial.clear()
+
+    def _emit(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", errors="replace").removesuffix("\r")
+        overflow, self._overflow = self._overflow, 0
+        if overflow:
+            kept = text[: MAX_LOG_LINE_CHARS - MARKER_RESERVE]  # room for the marker within the line limit
+            dropped = len(raw) - len(kept.encode()) + overflow
+            text = f"{kept}…[truncated {dropped} bytes]"
+        self.ctx.log(self.level, text)
+
+
+async def _drain_stream(stream: asyncio.StreamReader | None, tail: OutputTail, lines: LineLogger) -> None:
     if stream is None:
         return
     while chunk := await stream.read(READ_CHUNK):
         tail.feed(chunk)
+        lines.feed(chunk)
+    lines.close()
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
@@ -64,11 +109,31 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-async def _spawn(settings: ShellSettings) -> asyncio.subprocess.Process:
+def attempt_environment(ctx: StepContext) -> dict[str, str]:
+    """`BATON_*` variables describing the attempt, so a script can make its side effects idempotent."""
+    env = {
+        "BATON_TENANT": str(ctx.run.get("tenant", "")),
+        "BATON_PIPELINE": str(ctx.run.get("pipeline", "")),
+        "BATON_RUN_ID": str(ctx.run.get("id", "")),
+        "BATON_STEP": ctx.step,
+        "BATON_ATTEMPT": str(ctx.attempt),
+        "BATON_IDEMPOTENCY_KEY": ctx.idempotency_key,
+    }
+    if ctx.partition_key is not None:
+        env["BATON_PARTITION_KEY"] = ctx.partition_key
+    if ctx.is_replay:
+        env["BATON_IS_REPLAY"] = "1"
+    return env
+
+
+async def _spawn(settings: ShellSettings, ctx: StepContext) -> asyncio.subprocess.Process:
     argv = ["/bin/sh", "-c", settings.command] if isinstance(settings.command, str) else settings.command
     if not argv:
         raise ActionFailed("shell: command is an empty list")
-    env = {**os.environ, **settings.env}
+    # The attempt's variables come last: they describe this attempt and cannot be overridden
+    # (a partition key inherited from the worker's own environment would be a lie).
+    inherited = {k: v for k, v in os.environ.items() if k not in ("BATON_PARTITION_KEY", "BATON_IS_REPLAY")}
+    env = {**inherited, **settings.env, **attempt_environment(ctx)}
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -86,17 +151,14 @@ async def _spawn(settings: ShellSettings) -> asyncio.subprocess.Process:
         raise ActionFailed(f"shell: cannot start {argv[0]!r}: {exc}") from exc
 
 
-def _log_tail(ctx: StepContext, text: str, level: str) -> None:
-    lines = text.splitlines()
-    for line in lines[-LOG_TAIL_LINES:]:
-        ctx.log(line, level=level)
-
-
 async def run_command(settings: ShellSettings, ctx: StepContext) -> dict[str, Any]:
     """Run the command of `settings`; return exit code and output tails, or raise ActionFailed."""
-    process = await _spawn(settings)
+    process = await _spawn(settings, ctx)
     stdout, stderr = OutputTail(), OutputTail()
-    readers = asyncio.gather(_drain_stream(process.stdout, stdout), _drain_stream(process.stderr, stderr))
+    readers = asyncio.gather(
+        _drain_stream(process.stdout, stdout, LineLogger(ctx, "info")),
+        _drain_stream(process.stderr, stderr, LineLogger(ctx, "warning")),
+    )
     timeout_s = settings.timeout_ms / 1000
     timed_out = False
     try:
@@ -118,8 +180,6 @@ async def run_command(settings: ShellSettings, ctx: StepContext) -> dict[str, An
             with contextlib.suppress(asyncio.CancelledError):
                 await readers
     out_text, err_text = stdout.text(), stderr.text()
-    _log_tail(ctx, out_text, "info")
-    _log_tail(ctx, err_text, "warning")
     if timed_out:
         raise ActionFailed(f"shell: timed out after {settings.timeout_ms} ms (process group killed)")
     exit_code = process.returncode
