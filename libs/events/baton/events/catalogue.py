@@ -351,6 +351,7 @@ class StepLogWritten(EventData):
     attempt: int = Field(default=1, ge=1)
     lines: list[LogLine]
     truncated: int = Field(default=0, ge=0, description="Lines dropped to keep the event small.")
+    batch: str | None = Field(default=None, description="'<worker>:<sequence>' of a live batch (dedup key).")
 
 
 class TelemetrySample(BaseModel):

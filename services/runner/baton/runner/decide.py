@@ -44,7 +44,7 @@ from baton.events.catalogue import (
 )
 from baton.events.envelope import EventMetadata, NewEvent
 from baton.events.expressions import ExpressionError, evaluate_condition
-from baton.events.messages import StepOutcome, StepProgress
+from baton.events.messages import StepLogBatch, StepOutcome, StepProgress
 from baton.events.pipeline import RetryPolicy
 from baton.events.timers import TimerPurpose, run_timer_id
 from baton.runner.run_state import BUSY_STEP, WAIT_TIMERS, RunState, StepState, Timer, evolve
@@ -481,16 +481,24 @@ def _maybe_ignore(decision: Decision, step: StepState, outcome: StepOutcome) -> 
                                     ok=outcome.ok, worker=outcome.worker))
 
 
-def _record_output(decision: Decision, outcome: StepOutcome) -> None:
+def _record_output(decision: Decision, output: StepOutcome | StepLogBatch, batch: str | None = None) -> None:
     run_id = decision.state.run_id
-    if outcome.logs or outcome.logs_truncated:
-        decision.emit(StepLogWritten(run_id=run_id, step=outcome.step, attempt=outcome.attempt, lines=outcome.logs,
-                                     truncated=outcome.logs_truncated))
-    samples = getattr(outcome, "telemetry", None) or []
-    dropped = getattr(outcome, "telemetry_truncated", 0) or 0
-    if samples or dropped:
-        decision.emit(StepTelemetryRecorded(run_id=run_id, step=outcome.step, attempt=outcome.attempt,
-                                            samples=samples, truncated=dropped))
+    if output.logs or output.logs_truncated:
+        decision.emit(StepLogWritten(run_id=run_id, step=output.step, attempt=output.attempt, lines=output.logs,
+                                     truncated=output.logs_truncated, batch=batch))
+    if output.telemetry or output.telemetry_truncated:
+        decision.emit(StepTelemetryRecorded(run_id=run_id, step=output.step, attempt=output.attempt,
+                                            samples=output.telemetry, truncated=output.telemetry_truncated))
+
+
+def on_log_batch(state: RunState, batch: StepLogBatch, now: datetime, metadata: EventMetadata) -> Decision:
+    """Live logs and telemetry of a running step: recorded once per (worker, sequence), even if late."""
+    decision = Decision(state, now, metadata)
+    key = f"{batch.worker}:{batch.sequence}"
+    if batch.step not in state.steps or f"{batch.step}:{batch.attempt}:{key}" in state.log_batches:
+        return decision
+    _record_output(decision, batch, key)
+    return decision
 
 
 # --- timers ----------------------------------------------------------------------------
@@ -578,6 +586,7 @@ __all__ = [
     "cancel_run",
     "condition_variables",
     "create_run",
+    "on_log_batch",
     "on_outcome",
     "on_progress",
     "on_timer",

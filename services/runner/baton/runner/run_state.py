@@ -128,6 +128,7 @@ class RunState:
     timers: dict[str, Timer] = field(default_factory=dict)
     settled: frozenset[tuple[str, int]] = frozenset()
     ignored: frozenset[tuple[str, int]] = frozenset()
+    log_batches: frozenset[str] = frozenset()
     slice_key: str | None = None
     is_replay: bool = False
     replay_of: str | None = None
@@ -223,6 +224,8 @@ def evolve(state: RunState, event_type: str, data: dict[str, Any]) -> RunState:
         raise IllegalTransition(f"{event_type} before run_created")
     new = replace(state, version=state.version + 1)
     if event_type in RECORDS:
+        if data.get("batch"):
+            new.log_batches = state.log_batches | {f"{data['step']}:{data.get('attempt', 1)}:{data['batch']}"}
         return new
     if event_type in RUN_TRANSITIONS:
         allowed_from, target = RUN_TRANSITIONS[event_type]

@@ -56,6 +56,7 @@ from baton.runner.decide import (
     Rejected,
     busy_steps,
     cancel_run,
+    on_log_batch,
     on_outcome,
     on_progress,
     on_timer,
@@ -317,8 +318,6 @@ class RunnerService:
                                                                     "Baton-Detail": header_safe(str(exc))}
                 )
             return
-        if isinstance(reply, StepLogBatch):  # worker branch stop-gap: the runner core records these (issue 3)
-            return
         for attempt in range(5):
             try:
                 await self._handle_reply(reply)
@@ -330,7 +329,7 @@ class RunnerService:
                 log.exception("reply for run %s failed", reply.run_id)
                 return
 
-    async def _handle_reply(self, reply: StepProgress | StepOutcome) -> None:
+    async def _handle_reply(self, reply: WorkerReply) -> None:
         async with self._locks.hold(reply.run_id):
             for _ in range(5):
                 state = await self._load(reply.run_id)
@@ -340,11 +339,12 @@ class RunnerService:
                 metadata = EventMetadata(
                     correlation_id=state.trigger.get("trigger_id"), causation_id=reply.worker, actor="runner"
                 )
-                decision = (
-                    on_progress(state, reply, _now(), metadata)
-                    if isinstance(reply, StepProgress)
-                    else on_outcome(state, reply, _now(), metadata)
-                )
+                if isinstance(reply, StepProgress):
+                    decision = on_progress(state, reply, _now(), metadata)
+                elif isinstance(reply, StepLogBatch):
+                    decision = on_log_batch(state, reply, _now(), metadata)
+                else:
+                    decision = on_outcome(state, reply, _now(), metadata)
                 if not decision.events:
                     return
                 try:
@@ -521,8 +521,6 @@ class RunnerService:
 
     async def _cancel(self, command: CancelRun, metadata: EventMetadata) -> CommandReply:
         def decide(state: RunState) -> Decision | None:
-            if state.status == "canceled":
-                return None  # a repeated cancel: already done
             return cancel_run(state, command.reason, command.actor, _now(), metadata)
 
         state, decision = await self._decide_and_apply(command.run_id, decide)
@@ -626,6 +624,7 @@ class RunnerService:
                 context=state.context,
                 config=state.config,
                 reply_subject=self.subjects.result(state.tenant, state.run_id),
+                partition_key=state.slice_key,
             )
             self._dispatched_at[(state.run_id, name, step.attempt)] = time.monotonic()
             await self._nc.publish(
