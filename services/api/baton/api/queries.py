@@ -25,6 +25,8 @@ RUN_SUMMARY_COLUMNS = (
     runs.c.created_at,
     runs.c.updated_at,
     runs.c.finished_at,
+    runs.c.slice_key,
+    runs.c.is_replay,
 )
 
 
@@ -109,6 +111,8 @@ async def list_runs(
     status: str | None,
     limit: int,
     before: RunCursor | None,
+    slice_key: str | None = None,
+    is_replay: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run summaries newest first, strictly after ``before`` in that order; at most ``limit`` rows."""
     query = select(*RUN_SUMMARY_COLUMNS).where(runs.c.tenant == tenant)
@@ -116,6 +120,10 @@ async def list_runs(
         query = query.where(runs.c.pipeline == pipeline)
     if status is not None:
         query = query.where(runs.c.status == status)
+    if slice_key is not None:
+        query = query.where(runs.c.slice_key == slice_key)
+    if is_replay is not None:
+        query = query.where(runs.c.is_replay == is_replay)
     if before is not None:
         # Row comparison matches the (tenant, created_at DESC, run_id DESC) indexes.
         query = query.where(tuple_(runs.c.created_at, runs.c.run_id) < tuple_(*before))
@@ -149,3 +157,11 @@ async def run_timeline(engine: AsyncEngine, tenant: str, run_id: str) -> list[di
     )
     async with engine.connect() as conn:
         return [row.doc for row in await conn.execute(query)]
+
+
+async def run_status(engine: AsyncEngine, tenant: str, run_id: str) -> str | None:
+    """The run's projected status, or None when ``tenant`` has no such run."""
+    query = select(runs.c.status).where(runs.c.run_id == run_id, runs.c.tenant == tenant)
+    async with engine.connect() as conn:
+        value: str | None = (await conn.execute(query)).scalar()
+    return value

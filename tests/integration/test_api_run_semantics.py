@@ -1,0 +1,264 @@
+"""Run-semantics API against real PostgreSQL and NATS: filters, cancel, retry, dead letters, replay,
+pause/resume/drain, and the CLI commands for them.
+
+The runner that answers commands is built in parallel, so the tests start a stand-in: a real
+NATS subscription on the command subjects that replies with a ``CommandReply`` (and, like the
+runner, appends the command's events first). The API's mapping of those verdicts is what is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from baton.events.catalogue import (
+    EventData,
+    RunCanceled,
+    RunCreated,
+    RunFailed,
+    RunRetried,
+    RunStarted,
+    StepDeadLettered,
+    StepFailed,
+    StepScheduled,
+)
+from baton.events.commands import CommandReply
+from baton.events.db import make_engine
+from baton.events.migrations import migrate
+from baton.events.pipeline import PipelineDefinition
+from baton.events.postgres_store import PostgresEventStore
+from baton.events.projections.run_summary import dead_letter_id
+from baton.events.store import ANY_VERSION, append
+from baton.events.subjects import Subjects
+from tests.integration.test_api import (
+    BASE,
+    T0,
+    TENANT,
+    Api,
+    api_settings,
+    pipeline_body,
+    running_api,
+)
+
+pytestmark = pytest.mark.integration
+COMMAND_TIMEOUT = 1.0
+Answer = Callable[[str, dict[str, Any]], Awaitable[CommandReply | None]]
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[PostgresEventStore]:
+    """The test database, migrated; a store on it for appending events the way the runner does."""
+    engine = make_engine(database_url, pool_size=2)
+    await migrate(engine)
+    try:
+        yield PostgresEventStore(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def api(store: PostgresEventStore, database_url: str, nats_url: str, subject_prefix: str) -> AsyncIterator[Api]:
+    settings = api_settings(database_url, nats_url, subject_prefix).model_copy(
+        update={"command_timeout_seconds": COMMAND_TIMEOUT}
+    )
+    async with running_api(settings, store) as running:
+        yield running
+
+
+@dataclass
+class CommandResponder:
+    """A stand-in runner on the real command subjects: records each request and answers it."""
+
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def command_responder(nats_url: str, subjects: Subjects, answer: Answer) -> AsyncIterator[CommandResponder]:
+    """Subscribe to ``<prefix>.cmd.<tenant>.*``; ``answer`` returns the reply, or None to stay silent."""
+    responder = CommandResponder()
+    nc = await nats.connect(nats_url)
+
+    async def handle(msg: Msg) -> None:
+        verb = msg.subject.rsplit(".", 1)[-1]
+        body = json.loads(msg.data)
+        responder.received.append((verb, body))
+        reply = await answer(verb, body)
+        if reply is not None:
+            await msg.respond(reply.model_dump_json().encode())
+
+    try:
+        await nc.subscribe(subjects.command(TENANT, "*"), cb=handle)
+        await nc.flush()
+        yield responder
+    finally:
+        await nc.close()
+
+
+# --- recording runs the way the runner would -----------------------------------------------
+
+
+def definition(name: str = "orders") -> dict[str, Any]:
+    return PipelineDefinition.model_validate({**pipeline_body(), "name": name}).to_document()
+
+
+async def record(store: PostgresEventStore, tenant: str, run_id: str, at: datetime, *data: EventData) -> None:
+    """Append run events one millisecond apart (the stream may exist already)."""
+    events = [d.to_event(recorded_at=at + timedelta(milliseconds=i)) for i, d in enumerate(data)]
+    await append(store, f"run-{run_id}", tenant, events, ANY_VERSION)
+
+
+def created(run_id: str, tenant: str = TENANT, pipeline: str = "orders", trigger_id: str | None = None,
+            **fields: Any) -> RunCreated:
+    trigger = {"trigger_id": trigger_id or str(uuid.uuid4()), "type": "orders.ready", "payload": {}}
+    return RunCreated(run_id=run_id, tenant=tenant, pipeline=pipeline, pipeline_version=1,
+                      definition=definition(pipeline), trigger=trigger, **fields)
+
+
+async def dead_lettered_run(store: PostgresEventStore, run_id: str, at: datetime = T0, tenant: str = TENANT) -> str:
+    """A run whose first step ran out of attempts; returns the dead letter id."""
+    await record(
+        store, tenant, run_id, at,
+        created(run_id, tenant),
+        RunStarted(run_id=run_id),
+        StepScheduled(run_id=run_id, step="fetch", index=0, kind="action", attempt=2),
+        StepFailed(run_id=run_id, step="fetch", attempt=2, error="HTTP 503"),
+        StepDeadLettered(run_id=run_id, step="fetch", attempts=2, reason="out of attempts", last_error="HTTP 503"),
+        RunFailed(run_id=run_id, error="step fetch out of attempts", step="fetch", code="dead_lettered"),
+    )
+    return dead_letter_id(run_id, "fetch", 2)
+
+
+def runner_like(store: PostgresEventStore) -> Answer:
+    """Answers cancel and retry the way the runner does: decides from the run's stream, appends, replies."""
+
+    async def answer(verb: str, body: dict[str, Any]) -> CommandReply:
+        run_id = body["run_id"]
+        history = await store.read_stream(f"run-{run_id}")
+        if not history:
+            return CommandReply(status=404, message=f"run {run_id} not found")
+        statuses = {"run_started": "running", "run_completed": "completed", "run_failed": "failed",
+                    "run_canceled": "canceled", "run_retried": "pending"}
+        current = "pending"
+        for event in history:
+            current = statuses.get(event.type, current)
+        if verb == "cancel":
+            if current in ("completed", "failed", "canceled"):
+                return CommandReply(status=409, message=f"run {run_id} is {current}; only an unfinished run can be "
+                                                        "canceled")
+            event = RunCanceled(run_id=run_id, reason=body["reason"], actor=body["actor"])
+        elif verb == "retry":
+            if current != "failed":
+                return CommandReply(status=409, message=f"run {run_id} is {current}; only a failed run can be retried")
+            event = RunRetried(run_id=run_id, steps=["fetch"], reason=body["reason"], actor=body["actor"],
+                               dead_letter_id=body.get("dead_letter_id"))
+        else:
+            return CommandReply(status=400, message=f"unknown verb {verb}")
+        await append(store, f"run-{run_id}", history[-1].tenant, [event.to_event()], history[-1].stream_version)
+        return CommandReply(status=200, message=f"{verb} done", data={"run_id": run_id})
+
+    return answer
+
+
+# --- runs: filters --------------------------------------------------------------------------
+
+
+async def test_runs_filter_by_status_slice_and_replay(api: Api) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    await record(api.store, TENANT, ids[0], T0, created(ids[0], slice_key="2024-05-01"), RunStarted(run_id=ids[0]))
+    await record(api.store, TENANT, ids[1], T0 + timedelta(minutes=1),
+                 created(ids[1], slice_key="2024-05-02", is_replay=True, replay_of="t-0"))
+    await record(api.store, TENANT, ids[2], T0 + timedelta(minutes=2), created(ids[2], slice_key="2024-05-01"),
+                 RunStarted(run_id=ids[2]), RunFailed(run_id=ids[2], error="boom", code="step_failed"))
+    await record(api.store, "other", ids[3], T0, created(ids[3], "other", slice_key="2024-05-01"))
+    await api.caught_up()
+
+    async def listed(**params: Any) -> list[str]:
+        response = await api.client.get(f"{BASE}/runs", params=params)
+        assert response.status_code == 200, response.text
+        return [run["run_id"] for run in response.json()["runs"]]
+
+    assert await listed(slice_key="2024-05-01") == [ids[2], ids[0]]
+    assert await listed(slice_key="2024-05-01", status="failed") == [ids[2]]
+    assert await listed(is_replay="true") == [ids[1]]
+    assert await listed(is_replay="false") == [ids[2], ids[0]]
+    assert await listed(status="pending") == [ids[1]]
+    assert await listed(slice_key="nope") == []
+    row = (await api.client.get(f"{BASE}/runs", params={"is_replay": "true"})).json()["runs"][0]
+    assert (row["slice_key"], row["is_replay"]) == ("2024-05-02", True)
+    doc = (await api.client.get(f"{BASE}/runs/{ids[1]}")).json()
+    assert (doc["is_replay"], doc["replay_of"], doc["dry_run"]) == (True, "t-0", False)
+
+
+# --- runs: cancel and retry -----------------------------------------------------------------
+
+
+async def test_cancel_and_retry_map_the_runner_verdicts(api: Api, nats_url: str) -> None:
+    running, failed = str(uuid.uuid4()), str(uuid.uuid4())
+    await record(api.store, TENANT, running, T0, created(running), RunStarted(run_id=running))
+    await dead_lettered_run(api.store, failed, T0 + timedelta(minutes=1))
+    await api.caught_up()
+
+    async with command_responder(nats_url, api.subjects, runner_like(api.store)) as responder:
+        canceled = await api.client.post(f"{BASE}/runs/{running}/cancel", json={"reason": "wrong input"})
+        assert canceled.status_code == 200, canceled.text
+        assert canceled.json() == {"status": 200, "message": "cancel done", "data": {"run_id": running}}
+        # Read-your-writes: the runner's events are in the read model when the POST returns.
+        doc = (await api.client.get(f"{BASE}/runs/{running}")).json()
+        assert doc["status"] == "canceled"
+        assert doc["canceled"]["reason"] == "wrong input"
+        assert responder.received[-1] == ("cancel", {"verb": "cancel", "run_id": running, "reason": "wrong input",
+                                                     "actor": "api"})
+
+        again = await api.client.post(f"{BASE}/runs/{running}/cancel")
+        assert again.status_code == 409
+        assert again.json()["detail"] == f"run {running} is canceled; only an unfinished run can be canceled"
+
+        not_failed = await api.client.post(f"{BASE}/runs/{running}/retry", json={})
+        assert not_failed.status_code == 409
+        assert "only a failed run can be retried" in not_failed.json()["detail"]
+
+        retried = await api.client.post(f"{BASE}/runs/{failed}/retry", json={"reason": "fixed", "actor": "ann"})
+        assert retried.status_code == 200, retried.text
+        doc = (await api.client.get(f"{BASE}/runs/{failed}")).json()
+        assert doc["status"] == "pending"
+        assert doc["retries"][0]["actor"] == "ann"
+
+        count = len(responder.received)
+        for path in (f"{BASE}/runs/{uuid.uuid4()}/cancel", f"/v1/tenants/other/runs/{running}/retry"):
+            missing = await api.client.post(path)
+            assert missing.status_code == 404, path
+            assert "not found" in missing.json()["detail"]
+        assert len(responder.received) == count  # unknown and foreign runs never reach the runner
+        bad = await api.client.post(f"{BASE}/runs/{running}/cancel", json={"reason": "x", "colour": "red"})
+        assert bad.status_code == 422
+
+
+async def test_commands_without_a_runner_are_503(api: Api, nats_url: str) -> None:
+    run_id = str(uuid.uuid4())
+    await record(api.store, TENANT, run_id, T0, created(run_id), RunStarted(run_id=run_id))
+    await api.caught_up()
+
+    nobody = await api.client.post(f"{BASE}/runs/{run_id}/cancel")
+    assert nobody.status_code == 503
+    assert "no runner is listening" in nobody.json()["detail"]
+
+    async def silent(verb: str, body: dict[str, Any]) -> CommandReply | None:
+        return None
+
+    async with command_responder(nats_url, api.subjects, silent):
+        started = asyncio.get_running_loop().time()
+        late = await api.client.post(f"{BASE}/runs/{run_id}/cancel")
+        assert late.status_code == 503
+        assert f"no runner answered the cancel command within {COMMAND_TIMEOUT:g}s" in late.json()["detail"]
+        assert asyncio.get_running_loop().time() - started < COMMAND_TIMEOUT + 2
+    assert (await api.client.get(f"{BASE}/runs/{run_id}")).json()["status"] == "running"
