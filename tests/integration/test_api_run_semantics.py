@@ -262,3 +262,49 @@ async def test_commands_without_a_runner_are_503(api: Api, nats_url: str) -> Non
         assert f"no runner answered the cancel command within {COMMAND_TIMEOUT:g}s" in late.json()["detail"]
         assert asyncio.get_running_loop().time() - started < COMMAND_TIMEOUT + 2
     assert (await api.client.get(f"{BASE}/runs/{run_id}")).json()["status"] == "running"
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+async def test_dead_letters_list_and_redrive(api: Api, nats_url: str) -> None:
+    first, second, foreign = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    first_letter = await dead_lettered_run(api.store, first, T0)
+    second_letter = await dead_lettered_run(api.store, second, T0 + timedelta(minutes=1))
+    foreign_letter = await dead_lettered_run(api.store, foreign, T0, tenant="other")
+    await api.caught_up()
+
+    listed = (await api.client.get(f"{BASE}/dead-letters")).json()["dead_letters"]
+    assert [letter["dead_letter_id"] for letter in listed] == [second_letter, first_letter]
+    assert listed[1] == {
+        "dead_letter_id": f"{first}:fetch:2", "run_id": first, "pipeline": "orders", "step": "fetch",
+        "reason": "out of attempts", "last_error": "HTTP 503", "attempts": 2,
+        "dead_lettered_at": listed[1]["dead_lettered_at"], "redriven_at": None, "redriven_by": None,
+        "redrive_reason": None,
+    }
+    assert (await api.client.get(f"{BASE}/dead-letters/{first_letter}")).json()["run_id"] == first
+
+    async with command_responder(nats_url, api.subjects, runner_like(api.store)) as responder:
+        redriven = await api.client.post(f"{BASE}/dead-letters/{first_letter}/redrive",
+                                         json={"reason": "endpoint fixed", "actor": "ann"})
+        assert redriven.status_code == 200, redriven.text
+        assert responder.received[-1] == ("retry", {"verb": "retry", "run_id": first, "reason": "endpoint fixed",
+                                                    "actor": "ann", "dead_letter_id": first_letter})
+        again = await api.client.post(f"{BASE}/dead-letters/{first_letter}/redrive")
+        assert again.status_code == 409
+        assert "already re-driven" in again.json()["detail"]
+        for path in (f"{BASE}/dead-letters/{foreign_letter}/redrive", f"{BASE}/dead-letters/nope/redrive"):
+            assert (await api.client.post(path)).status_code == 404
+        assert len(responder.received) == 1
+
+    open_now = (await api.client.get(f"{BASE}/dead-letters")).json()["dead_letters"]
+    assert [letter["dead_letter_id"] for letter in open_now] == [second_letter]
+    everything = (await api.client.get(f"{BASE}/dead-letters", params={"include": "all"})).json()["dead_letters"]
+    done = next(letter for letter in everything if letter["dead_letter_id"] == first_letter)
+    assert (done["redriven_by"], done["redrive_reason"]) == ("ann", "endpoint fixed")
+    assert done["redriven_at"] is not None
+    by_run = await api.client.get(f"{BASE}/dead-letters", params={"run_id": second, "include": "all"})
+    assert [letter["run_id"] for letter in by_run.json()["dead_letters"]] == [second]
+    assert (await api.client.get(f"{BASE}/dead-letters", params={"include": "some"})).status_code == 422
+    assert (await api.client.get(f"{BASE}/dead-letters/{foreign_letter}")).status_code == 404
+    assert (await api.client.get("/v1/tenants/other/dead-letters")).json()["dead_letters"][0]["run_id"] == foreign

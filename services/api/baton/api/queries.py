@@ -12,7 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from baton.events.catalogue import upcast
 from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.projector import CHECKPOINT_NAME
-from baton.events.schema import events, pipelines, projection_checkpoint, runs, step_runs, timeline, triggers
+from baton.events.schema import (
+    dead_letters,
+    events,
+    pipelines,
+    projection_checkpoint,
+    runs,
+    step_runs,
+    timeline,
+    triggers,
+)
 
 RunCursor = tuple[datetime, str]
 
@@ -165,3 +174,34 @@ async def run_status(engine: AsyncEngine, tenant: str, run_id: str) -> str | Non
     async with engine.connect() as conn:
         value: str | None = (await conn.execute(query)).scalar()
     return value
+
+
+async def list_dead_letters(
+    engine: AsyncEngine,
+    tenant: str,
+    include_redriven: bool,
+    pipeline: str | None,
+    run_id: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The tenant's dead letters, newest first: open ones only unless ``include_redriven``."""
+    query = select(dead_letters.c.doc).where(dead_letters.c.tenant == tenant)
+    if not include_redriven:
+        query = query.where(dead_letters.c.redriven_at.is_(None))
+    if pipeline is not None:
+        query = query.where(dead_letters.c.pipeline == pipeline)
+    if run_id is not None:
+        query = query.where(dead_letters.c.run_id == run_id)
+    query = query.order_by(dead_letters.c.dead_lettered_at.desc(), dead_letters.c.dead_letter_id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        return [row.doc for row in await conn.execute(query)]
+
+
+async def get_dead_letter(engine: AsyncEngine, tenant: str, letter_id: str) -> dict[str, Any] | None:
+    """One dead letter of ``tenant``, or None."""
+    query = select(dead_letters.c.doc).where(
+        dead_letters.c.dead_letter_id == letter_id, dead_letters.c.tenant == tenant
+    )
+    async with engine.connect() as conn:
+        doc: dict[str, Any] | None = (await conn.execute(query)).scalar()
+    return doc
