@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from baton.events.catalogue import (
     EventData,
     RunCanceled,
+    RunCompleted,
     RunCreated,
     RunFailed,
     RunRetried,
@@ -31,6 +32,8 @@ from baton.events.catalogue import (
     StepDeadLettered,
     StepFailed,
     StepScheduled,
+    TriggerReceived,
+    TriggerRejected,
 )
 from baton.events.commands import CommandReply
 from baton.events.db import make_engine
@@ -38,7 +41,7 @@ from baton.events.migrations import migrate
 from baton.events.pipeline import PipelineDefinition
 from baton.events.postgres_store import PostgresEventStore
 from baton.events.projections.run_summary import dead_letter_id
-from baton.events.store import ANY_VERSION, append
+from baton.events.store import ANY_VERSION, NO_STREAM, append
 from baton.events.subjects import Subjects
 from tests.integration.test_api import (
     BASE,
@@ -308,3 +311,99 @@ async def test_dead_letters_list_and_redrive(api: Api, nats_url: str) -> None:
     assert (await api.client.get(f"{BASE}/dead-letters", params={"include": "some"})).status_code == 422
     assert (await api.client.get(f"{BASE}/dead-letters/{foreign_letter}")).status_code == 404
     assert (await api.client.get("/v1/tenants/other/dead-letters")).json()["dead_letters"][0]["run_id"] == foreign
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+async def record_trigger(store: PostgresEventStore, trigger_id: str, tenant: str = TENANT) -> None:
+    received = TriggerReceived(trigger_id=trigger_id, tenant=tenant, source="shop", type="orders.ready",
+                               idempotency_key=trigger_id).to_event(recorded_at=T0)
+    await append(store, f"trigger-{trigger_id}", tenant, [received], NO_STREAM)
+
+
+def replaying_runner(refuse: frozenset[str] = frozenset()) -> Answer:
+    """Answers replay commands like the runner: the same replay id always names the same new trigger."""
+
+    async def answer(verb: str, body: dict[str, Any]) -> CommandReply:
+        if body["trigger_id"] in refuse:
+            return CommandReply(status=409, message=f"trigger {body['trigger_id']} cannot be replayed")
+        new = f"replay-{body['replay_id']}"
+        return CommandReply(status=200, message="replayed", data={"trigger_id": new, "run_ids": [f"run-of-{new}"]})
+
+    return answer
+
+
+async def test_replay_one_trigger(api: Api, nats_url: str) -> None:
+    await record_trigger(api.store, "t-1")
+    await record_trigger(api.store, "t-foreign", tenant="other")
+    rejected = TriggerRejected(trigger_id="t-bad", tenant=TENANT, subject="x", reason="invalid_json", detail="no")
+    await append(api.store, "trigger-t-bad", TENANT, [rejected.to_event()], NO_STREAM)
+    await api.caught_up()
+
+    assert (await api.client.post(f"{BASE}/triggers/t-1/replay")).status_code == 503  # no runner yet
+    async with command_responder(nats_url, api.subjects, replaying_runner()) as responder:
+        dry = await api.client.post(f"{BASE}/triggers/t-1/replay", json={"dry_run": True})
+        assert dry.status_code == 200, dry.text
+        replay_id = dry.json()["replay_id"]
+        assert dry.json() == {"status": 200, "message": "replayed", "replay_id": replay_id,
+                              "data": {"trigger_id": f"replay-{replay_id}", "run_ids": [f"run-of-replay-{replay_id}"]}}
+        assert responder.received[-1] == ("replay", {"verb": "replay", "trigger_id": "t-1", "replay_id": replay_id,
+                                                     "dry_run": True, "actor": "api", "pipeline": None})
+
+        named = [await api.client.post(f"{BASE}/triggers/t-1/replay", json={"replay_id": "fix-42"}) for _ in "ab"]
+        assert [r.json()["data"]["trigger_id"] for r in named] == ["replay-fix-42", "replay-fix-42"]
+        assert responder.received[-1][1]["dry_run"] is False
+
+        refused = await api.client.post(f"{BASE}/triggers/t-bad/replay")
+        assert refused.status_code == 409
+        assert "only accepted triggers can be replayed" in refused.json()["detail"]
+        for path in (f"{BASE}/triggers/t-foreign/replay", f"{BASE}/triggers/nope/replay"):
+            assert (await api.client.post(path, json={})).status_code == 404
+        assert len(responder.received) == 3
+
+
+async def test_bulk_replay_selects_original_triggers_by_their_runs(api: Api, nats_url: str) -> None:
+    plan = [  # trigger, pipeline, minutes after T0, failed?
+        ("t-a", "orders", 0, True), ("t-b", "orders", 1, False), ("t-c", "invoices", 2, True),
+        ("t-d", "orders", 180, True),
+    ]
+    for trigger_id, pipeline, minutes, fails in plan:
+        await record_trigger(api.store, trigger_id)
+        run_id = str(uuid.uuid4())
+        end: EventData = RunFailed(run_id=run_id, error="boom") if fails else RunCompleted(run_id=run_id)
+        await record(api.store, TENANT, run_id, T0 + timedelta(minutes=minutes),
+                      created(run_id, pipeline=pipeline, trigger_id=trigger_id), RunStarted(run_id=run_id), end)
+    replay_run = str(uuid.uuid4())  # a failed replay of t-a: never selected again
+    await record(api.store, TENANT, replay_run, T0 + timedelta(minutes=5),
+                 created(replay_run, trigger_id="replay-t-a", is_replay=True, replay_of="t-a"),
+                 RunStarted(run_id=replay_run), RunFailed(run_id=replay_run, error="boom"))
+    await api.caught_up()
+
+    window = {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat()}
+    assert (await api.client.post(f"{BASE}/replays", json={"status": "failed"})).status_code == 503
+    async with command_responder(nats_url, api.subjects, replaying_runner(refuse=frozenset({"t-d"}))) as responder:
+        scoped = await api.client.post(
+            f"{BASE}/replays", json={"pipeline": "orders", "status": "failed", "dry_run": True, **window}
+        )
+        assert scoped.status_code == 200, scoped.text
+        summary = scoped.json()
+        assert (summary["selected"], summary["replayed"], summary["failed"], summary["dry_run"]) == (1, 1, 0, True)
+        assert summary["results"][0]["trigger_id"] == "t-a"
+        assert responder.received[-1][1]["pipeline"] == "orders"
+        assert responder.received[-1][1]["dry_run"] is True
+
+        everything = (await api.client.post(f"{BASE}/replays", json={"status": "failed", "batch_id": "b1"})).json()
+        assert [r["trigger_id"] for r in everything["results"]] == ["t-a", "t-c", "t-d"]
+        assert [r["status"] for r in everything["results"]] == [200, 200, 409]
+        assert (everything["replayed"], everything["failed"], everything["not_sent"]) == (2, 1, 0)
+        again = (await api.client.post(f"{BASE}/replays", json={"status": "failed", "batch_id": "b1"})).json()
+        assert [r["replay_id"] for r in again["results"]] == [r["replay_id"] for r in everything["results"]]
+
+        limited = (await api.client.post(f"{BASE}/replays", json={"limit": 2})).json()
+        assert [r["trigger_id"] for r in limited["results"]] == ["t-a", "t-b"]
+        none = (await api.client.post(f"{BASE}/replays", json={"pipeline": "nope"})).json()
+        assert (none["selected"], none["results"]) == (0, [])
+    backwards = await api.client.post(f"{BASE}/replays", json={"from": window["to"], "to": window["from"]})
+    assert backwards.status_code == 422
+    assert (await api.client.post(f"{BASE}/replays", json={"limit": 0})).status_code == 422

@@ -15,7 +15,14 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from baton.api import routes_dead_letters, routes_health, routes_pipelines, routes_runs, routes_triggers
+from baton.api import (
+    routes_dead_letters,
+    routes_health,
+    routes_pipelines,
+    routes_replays,
+    routes_runs,
+    routes_triggers,
+)
 from baton.api.definitions import republish_all_definitions
 from baton.api.dependencies import ApiResources
 from baton.api.settings import ApiSettings
@@ -50,6 +57,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_triggers.router)
     app.include_router(routes_runs.router)
     app.include_router(routes_dead_letters.router)
+    app.include_router(routes_replays.router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

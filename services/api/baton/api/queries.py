@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -205,3 +205,33 @@ async def get_dead_letter(engine: AsyncEngine, tenant: str, letter_id: str) -> d
     async with engine.connect() as conn:
         doc: dict[str, Any] | None = (await conn.execute(query)).scalar()
     return doc
+
+
+async def original_triggers(
+    engine: AsyncEngine,
+    tenant: str,
+    pipeline: str | None,
+    created_from: datetime | None,
+    created_to: datetime | None,
+    status: str | None,
+    limit: int,
+) -> list[str]:
+    """Ids of original (not replayed) triggers whose runs match the filters, oldest run first."""
+    first_run = func.min(runs.c.created_at)
+    query = (
+        select(runs.c.trigger_id, first_run)
+        .where(runs.c.tenant == tenant, runs.c.is_replay.is_(False), runs.c.trigger_id != "")
+        .group_by(runs.c.trigger_id)
+        .order_by(first_run, runs.c.trigger_id)
+        .limit(limit)
+    )
+    if pipeline is not None:
+        query = query.where(runs.c.pipeline == pipeline)
+    if created_from is not None:
+        query = query.where(runs.c.created_at >= created_from)
+    if created_to is not None:
+        query = query.where(runs.c.created_at < created_to)
+    if status is not None:
+        query = query.where(runs.c.status == status)
+    async with engine.connect() as conn:
+        return [row[0] for row in await conn.execute(query)]
