@@ -23,6 +23,9 @@ from nats.aio.msg import Msg
 
 from baton.events.catalogue import (
     EventData,
+    PipelineDraining,
+    PipelinePaused,
+    PipelineVersionCreated,
     RunCanceled,
     RunCompleted,
     RunCreated,
@@ -36,6 +39,7 @@ from baton.events.catalogue import (
     TriggerRejected,
 )
 from baton.events.commands import CommandReply
+from baton.events.control import PipelineControl
 from baton.events.db import make_engine
 from baton.events.migrations import migrate
 from baton.events.pipeline import PipelineDefinition
@@ -407,3 +411,77 @@ async def test_bulk_replay_selects_original_triggers_by_their_runs(api: Api, nat
     backwards = await api.client.post(f"{BASE}/replays", json={"from": window["to"], "to": window["from"]})
     assert backwards.status_code == 422
     assert (await api.client.post(f"{BASE}/replays", json={"limit": 0})).status_code == 422
+
+
+# --- pause / resume / drain -----------------------------------------------------------------
+
+
+async def control_entry(nats_url: str, subjects: Subjects, name: str) -> dict[str, Any]:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(subjects.defs_bucket)
+        entry = await kv.get(subjects.definition_key("control", TENANT, name))
+    finally:
+        await nc.close()
+    assert entry.value is not None
+    value: dict[str, Any] = json.loads(entry.value)
+    return value
+
+
+async def test_pause_resume_drain_record_events_and_control_keys(api: Api, nats_url: str) -> None:
+    assert (await api.client.put(f"{BASE}/pipelines/orders", json=pipeline_body())).status_code == 201
+
+    paused = await api.client.post(f"{BASE}/pipelines/orders/pause", json={"reason": "maintenance", "actor": "ann"})
+    assert paused.status_code == 200, paused.text
+    body = paused.json()
+    assert (body["state"], body["changed"], body["reason"], body["actor"]) == ("paused", True, "maintenance", "ann")
+    stream = await api.store.read_stream(f"pipeline-{TENANT}.orders")
+    assert [e.type for e in stream] == ["pipeline_version_created", "pipeline_paused"]
+    assert stream[-1].data == {"tenant": TENANT, "name": "orders", "reason": "maintenance", "actor": "ann"}
+    control = await control_entry(nats_url, api.subjects, "orders")
+    assert PipelineControl.model_validate(control) == PipelineControl(
+        state="paused", changed_at=stream[-1].recorded_at, reason="maintenance", actor="ann",
+        position=stream[-1].position,
+    )
+    assert body["position"] == stream[-1].position
+    shown = (await api.client.get(f"{BASE}/pipelines/orders")).json()
+    assert shown["state"] == "paused"
+    assert shown["state_changed"]["reason"] == "maintenance"
+    assert (await api.client.get(f"{BASE}/pipelines")).json()["pipelines"][0]["state"] == "paused"
+
+    again = (await api.client.post(f"{BASE}/pipelines/orders/pause", json={"reason": "twice"})).json()
+    assert (again["changed"], again["reason"]) == (False, "maintenance")  # already paused: nothing appended
+    assert len(await api.store.read_stream(f"pipeline-{TENANT}.orders")) == 2
+
+    drained = (await api.client.post(f"{BASE}/pipelines/orders/drain")).json()
+    assert (drained["state"], drained["changed"], drained["actor"]) == ("draining", True, "api")
+    assert (await control_entry(nats_url, api.subjects, "orders"))["state"] == "draining"
+    resumed = (await api.client.post(f"{BASE}/pipelines/orders/resume", json={"reason": "done"})).json()
+    assert (resumed["state"], resumed["changed"]) == ("active", True)
+    assert (await control_entry(nats_url, api.subjects, "orders"))["state"] == "active"
+    assert (await api.client.get(f"{BASE}/pipelines/orders")).json()["state"] == "active"
+    types = [e.type for e in await api.store.read_stream(f"pipeline-{TENANT}.orders")]
+    assert types == ["pipeline_version_created", "pipeline_paused", "pipeline_draining", "pipeline_resumed"]
+
+    for path in (f"{BASE}/pipelines/nope/pause", "/v1/tenants/other/pipelines/orders/drain"):
+        missing = await api.client.post(path)
+        assert missing.status_code == 404, path
+        assert "not found" in missing.json()["detail"]
+    assert (await api.client.post(f"{BASE}/pipelines/orders/pause", json={"why": "x"})).status_code == 422
+
+
+async def test_start_up_republishes_operator_states(
+    store: PostgresEventStore, database_url: str, nats_url: str, subject_prefix: str
+) -> None:
+    """A crash between appending a pause and putting it in the bucket is healed when the API starts."""
+    document = definition("late")
+    await append(store, f"pipeline-{TENANT}.late", TENANT, [
+        PipelineVersionCreated(tenant=TENANT, name="late", version=1, definition=document).to_event(),
+        PipelinePaused(tenant=TENANT, name="late", reason="r1").to_event(),
+        PipelineDraining(tenant=TENANT, name="late", reason="r2").to_event(),
+    ], NO_STREAM)
+    settings = api_settings(database_url, nats_url, subject_prefix)
+    async with running_api(settings, store):
+        control = await control_entry(nats_url, settings.subjects, "late")
+    assert (control["state"], control["reason"]) == ("draining", "r2")
+    assert control["position"] == (await store.read_stream(f"pipeline-{TENANT}.late"))[-1].position

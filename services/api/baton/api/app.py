@@ -25,6 +25,7 @@ from baton.api import (
 )
 from baton.api.definitions import republish_all_definitions
 from baton.api.dependencies import ApiResources
+from baton.api.pipeline_control import republish_all_controls
 from baton.api.settings import ApiSettings
 from baton.events.bus import connect, definitions_bucket, ensure_streams
 from baton.events.db import make_engine
@@ -91,6 +92,9 @@ async def _running_resources(settings: ApiSettings) -> AsyncIterator[ApiResource
         healed = await republish_all_definitions(engine, kv, subjects)
         if healed:
             log.info("republished %d pipeline definition(s) missing from the bucket", healed)
+        healed = await republish_all_controls(engine, kv, subjects)
+        if healed:
+            log.info("republished %d pipeline operator state(s) missing from the bucket", healed)
         yield ApiResources(
             settings=settings,
             subjects=subjects,

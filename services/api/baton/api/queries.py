@@ -10,7 +10,9 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from baton.events.catalogue import upcast
+from baton.events.envelope import StoredEvent
 from baton.events.postgres_store import COLUMNS, row_to_event
+from baton.events.projections.pipelines import OPERATOR_STATES
 from baton.events.projector import CHECKPOINT_NAME
 from baton.events.schema import (
     dead_letters,
@@ -62,6 +64,7 @@ async def list_pipelines(engine: AsyncEngine, tenant: str) -> list[dict[str, Any
             pipelines.c.enabled,
             pipelines.c.trigger_type,
             pipelines.c.updated_at,
+            pipelines.c.state,
         )
         .where(pipelines.c.tenant == tenant)
         .order_by(pipelines.c.name)
@@ -93,6 +96,18 @@ async def latest_pipeline_events(engine: AsyncEngine) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
         stored = [row_to_event(row) for row in await conn.execute(query)]
     return [upcast(event.type, event.schema_version, dict(event.data)) for event in stored]
+
+
+async def latest_operator_events(engine: AsyncEngine) -> list[StoredEvent]:
+    """The newest pause / resume / drain event of every pipeline that has one, from the event store."""
+    query = (
+        select(*COLUMNS)
+        .where(events.c.stream_type == "pipeline", events.c.type.in_(OPERATOR_STATES))
+        .order_by(events.c.stream_id, events.c.stream_version.desc())
+        .ext(distinct_on(events.c.stream_id))
+    )
+    async with engine.connect() as conn:
+        return [row_to_event(row) for row in await conn.execute(query)]
 
 
 async def get_trigger(engine: AsyncEngine, tenant: str, trigger_id: str) -> dict[str, Any] | None:

@@ -6,11 +6,16 @@ import copy
 from typing import Any
 
 from baton.events.catalogue import upcast
+from baton.events.control import OperatorState
 from baton.events.envelope import StoredEvent
 
 Doc = dict[str, Any]
 # Operator events and the state each one leaves the pipeline in.
-OPERATOR_STATES = {"pipeline_paused": "paused", "pipeline_resumed": "active", "pipeline_draining": "draining"}
+OPERATOR_STATES: dict[str, OperatorState] = {
+    "pipeline_paused": "paused",
+    "pipeline_resumed": "active",
+    "pipeline_draining": "draining",
+}
 
 
 def apply_pipeline(doc: Doc | None, event: StoredEvent) -> Doc | None:
