@@ -17,7 +17,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from baton.events.catalogue import LogLine, PipelineVersionCreated, RunStarted, UnknownEventType
+from baton.events.catalogue import (
+    EventData,
+    LogLine,
+    PipelineDraining,
+    PipelinePaused,
+    PipelineResumed,
+    PipelineVersionCreated,
+    RunStarted,
+    UnknownEventType,
+)
 from baton.events.db import make_engine
 from baton.events.envelope import EventMetadata, NewEvent, StoredEvent
 from baton.events.messages import StepOutcome, StepProgress
@@ -34,6 +43,7 @@ from baton.runner.definitions import DefinitionIndex
 from baton.runner.intake import accept_trigger, reject_trigger
 from baton.runner.run_state import RunState, fold
 from tests.helpers import wait_for
+from tests.run_semantics_history import expected_final_status, semantics_run_events
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +56,7 @@ TABLE_KEYS = {
     "timeline": "run_id, seq",
     "triggers": "trigger_id",
     "pipelines": "tenant, name",
+    "dead_letters": "dead_letter_id",
 }
 Unit = list[AppendRequest]
 
@@ -68,8 +79,15 @@ def pipeline_document(version: int) -> dict[str, Any]:
 class HistoryGenerator:
     """Produces append units of a plausible, seeded history: pipelines, triggers, and runs driven by replies."""
 
-    def __init__(self, rng: random.Random, runs: int = 30, rejected: int = 8) -> None:
+    def __init__(self, rng: random.Random, runs: int = 30, rejected: int = 8, semantic_runs: int = 0) -> None:
         self.rng = rng
+        self.semantic_wanted = semantic_runs
+        # Runs walked through retries, timeouts, branches, cancels and re-drives by the test itself
+        # (tests/run_semantics_history.py), appended a few events at a time between the others.
+        self.generated: dict[str, list[NewEvent]] = {}
+        self.semantic_pending: dict[str, int] = {}
+        self.pipeline_stream_version = 0
+        self.operator_actions = 0
         self.runs_wanted = runs
         self.rejected_wanted = rejected
         self.index = DefinitionIndex()
@@ -98,6 +116,12 @@ class HistoryGenerator:
             # Leave a couple of runs unfinished: "running" is a state the read models must show too.
             if len(self.live) > (2 if self.runs_created >= self.runs_wanted else 0):
                 choices += ["reply"] * 6
+            if len(self.generated) < self.semantic_wanted:
+                choices += ["semantics"] * 2
+            if self.semantic_pending:
+                choices += ["advance"] * 4
+            if self.semantic_wanted and self.operator_actions < 3:
+                choices.append("operator")
             if not choices:
                 return out
             unit = getattr(self, f"_{self.rng.choice(choices)}")()
@@ -110,9 +134,33 @@ class HistoryGenerator:
         document = pipeline_document(version)
         self.index.put("acme", "orders-sync", version, document)
         event = PipelineVersionCreated(tenant="acme", name="orders-sync", version=version, definition=document)
-        return [
-            AppendRequest("pipeline-acme.orders-sync", "acme", [event.to_event(META, self.now())], version - 1)
-        ]
+        return self._pipeline_event(event)
+
+    def _pipeline_event(self, event: EventData) -> Unit:
+        expected = self.pipeline_stream_version
+        self.pipeline_stream_version += 1
+        return [AppendRequest("pipeline-acme.orders-sync", "acme", [event.to_event(META, self.now())], expected)]
+
+    def _operator(self) -> Unit:
+        self.operator_actions += 1
+        kind = self.rng.choice([PipelinePaused, PipelineResumed, PipelineDraining])
+        return self._pipeline_event(kind(tenant="acme", name="orders-sync", reason="test", actor="ops"))
+
+    def _semantics(self) -> Unit:
+        run_id = f"sem-{len(self.generated) + 1}"
+        self.generated[run_id] = semantics_run_events(self.rng, run_id, "acme", self.now())
+        self.semantic_pending[run_id] = 0
+        return self._advance(run_id)
+
+    def _advance(self, run_id: str | None = None) -> Unit:
+        run_id = run_id or self.rng.choice(sorted(self.semantic_pending))
+        done = self.semantic_pending[run_id]
+        chunk = self.generated[run_id][done : done + self.rng.randint(1, 8)]
+        if done + len(chunk) == len(self.generated[run_id]):
+            del self.semantic_pending[run_id]
+        else:
+            self.semantic_pending[run_id] = done + len(chunk)
+        return [AppendRequest(f"run-{run_id}", "acme", chunk, done)]
 
     _pipeline = _pipeline_version
 
@@ -200,7 +248,7 @@ async def snapshot(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
     async with engine.connect() as conn:
         for table, keys in TABLE_KEYS.items():
             result = await conn.execute(text(f"SELECT * FROM proj.{table} ORDER BY {keys}"))
-            out[table] = [tuple(row) for row in result]
+            out[table] = [dict(row._mapping) for row in result]
     return out
 
 
@@ -242,7 +290,9 @@ def expected_run_docs(events: list[StoredEvent]) -> dict[str, dict[str, Any]]:
 
 async def test_incremental_projection_equals_rebuild(engine: AsyncEngine, store: PostgresEventStore) -> None:
     rng = random.Random(20240501)
-    units = HistoryGenerator(rng).units()
+    generator = HistoryGenerator(rng, semantic_runs=12)
+    units = generator.units()
+    generated = generator.generated
     catch_ups = 0
     for batch in batches(rng, units):
         await append_batch(store, batch)
@@ -265,27 +315,41 @@ async def test_incremental_projection_equals_rebuild(engine: AsyncEngine, store:
     # and with the runner's own state machine.
     events = await store.read_all(limit=100_000)
     docs = expected_run_docs(events)
-    runs = {row[0]: row for row in incremental["runs"]}
+    runs = {row["run_id"]: row for row in incremental["runs"]}
     assert set(runs) == set(docs)
-    assert len(runs) == 30
+    assert len(runs) == 30 + 12
     for run_id, doc in docs.items():
         row = runs[run_id]
-        assert row[-1] == doc
+        assert row["doc"] == doc
+        assert (row["slice_key"], row["is_replay"]) == (doc.get("slice_key"), doc.get("is_replay", False))
+        if run_id in generated:  # runs the test walked itself: no runner state to compare with
+            assert row["status"] == doc["status"] == expected_final_status(generated[run_id])
+            continue
         state = fold(run_id, [e for e in events if e.stream_id == f"run-{run_id}"])
-        assert row[4] == doc["status"] == state.status
+        assert row["status"] == doc["status"] == state.status
         assert {s: v["status"] for s, v in doc["steps"].items()} == {n: s.status for n, s in state.steps.items()}
         assert doc["context"] == state.context
-    statuses = {row[4] for row in incremental["runs"]}
-    assert {"completed", "failed", "running"} <= statuses
-    assert {row[0] for row in incremental["runs"] if row[3] == 2}, "some runs froze pipeline v2"
+    statuses = {row["status"] for row in incremental["runs"]}
+    assert {"completed", "failed", "running", "canceled"} <= statuses
+    assert {row["is_replay"] for row in incremental["runs"]} == {True, False}
+    assert {row["slice_key"] for row in incremental["runs"]} >= {None, "2024-05-01"}
+    letters = incremental["dead_letters"]
+    assert letters, "some generated runs dead-lettered"
+    assert {row["redriven_at"] is None for row in letters} == {True, False}, "open and re-driven dead letters"
+    for letter in letters:
+        assert letter["doc"] in run_summary.dead_letter_rows(docs[letter["run_id"]])
+        assert (letter["tenant"], letter["pipeline"]) == ("acme", "fanout")
+    assert {row["run_id"] for row in incremental["runs"] if row["pipeline_version"] == 2}, "some runs froze v2"
     assert len(incremental["timeline"]) == sum(e.stream_type == "run" for e in events)
     assert len(incremental["step_runs"]) == sum(len(doc["steps"]) for doc in docs.values())
     triggers = incremental["triggers"]
     assert len(triggers) == sum(e.stream_type == "trigger" for e in events)
-    assert {row[3] for row in triggers} == {"accepted", "rejected"}
+    assert {row["status"] for row in triggers} == {"accepted", "rejected"}
     (pipeline,) = incremental["pipelines"]
-    assert pipeline[2] == 2
-    assert [v["version"] for v in pipeline[-1]["versions"]] == [1, 2]
+    assert pipeline["version"] == 2
+    assert [v["version"] for v in pipeline["doc"]["versions"]] == [1, 2]
+    assert pipeline["state"] == pipeline["doc"]["state"]
+    assert pipeline["doc"]["state_changed"] is not None, "the history paused, resumed or drained the pipeline"
 
 
 async def test_checkpoint_commits_with_the_rows(engine: AsyncEngine, store: PostgresEventStore) -> None:
@@ -321,7 +385,7 @@ async def test_checkpoint_commits_with_the_rows(engine: AsyncEngine, store: Post
 
 async def test_concurrent_projectors_apply_each_event_once(engine: AsyncEngine, store: PostgresEventStore) -> None:
     rng = random.Random(99)
-    units = HistoryGenerator(rng, runs=12, rejected=3).units()
+    units = HistoryGenerator(rng, runs=12, rejected=3, semantic_runs=4).units()
     projectors = [Projector(engine, batch_size=size) for size in (4, 7)]
     applied = 0
     for index, batch in enumerate(batches(rng, units, largest=6)):
@@ -345,7 +409,7 @@ async def test_concurrent_projectors_apply_each_event_once(engine: AsyncEngine, 
     )
     assert gaps == 0
     live = await snapshot(engine)
-    runs = {row[0]: row[-1] for row in live["runs"]}
+    runs = {row["run_id"]: row["doc"] for row in live["runs"]}
     assert runs == expected_run_docs(events)
     await rebuild(engine)
     assert await snapshot(engine) == live
@@ -353,7 +417,7 @@ async def test_concurrent_projectors_apply_each_event_once(engine: AsyncEngine, 
 
 async def test_rebuild_while_events_are_appended(engine: AsyncEngine, store: PostgresEventStore) -> None:
     rng = random.Random(4242)
-    units = HistoryGenerator(rng, runs=12, rejected=4).units()
+    units = HistoryGenerator(rng, runs=12, rejected=4, semantic_runs=4).units()
     half = len(units) // 2
     await append_batch(store, units[:half])
     await Projector(engine).catch_up()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -12,12 +13,40 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baton.events.catalogue import LogLine, PipelineVersionCreated
+from baton.events.catalogue import (
+    LogLine,
+    PipelineDraining,
+    PipelinePaused,
+    PipelineResumed,
+    PipelineVersionCreated,
+    RunCanceled,
+    RunCreated,
+    RunFailed,
+    RunQueued,
+    RunResumed,
+    RunRetried,
+    RunStarted,
+    RunWaiting,
+    StepCompleted,
+    StepDeadLettered,
+    StepFailed,
+    StepLogWritten,
+    StepResultIgnored,
+    StepRetryScheduled,
+    StepScheduled,
+    StepSkipped,
+    StepStarted,
+    StepTelemetryRecorded,
+    TelemetrySample,
+    TimerCanceled,
+    TimerScheduled,
+)
 from baton.events.envelope import EventMetadata, NewEvent, StoredEvent, stream_type_of
 from baton.events.messages import StepOutcome, StepProgress
 from baton.events.pipeline import PipelineDefinition
 from baton.events.projections import run_summary, timeline
 from baton.events.projections.pipelines import apply_pipeline
+from baton.events.projections.run_summary import dead_letter_id
 from baton.events.projections.triggers import apply_trigger
 from baton.events.subjects import Subjects
 from baton.events.trigger import AcceptedTrigger, TriggerRejection, validate_trigger
@@ -25,6 +54,7 @@ from baton.runner.decide import create_run, on_outcome, on_progress
 from baton.runner.definitions import DefinitionIndex
 from baton.runner.intake import accept_trigger, reject_trigger
 from baton.runner.run_state import RunState
+from tests.run_semantics_history import ALL_STEPS, SEMANTICS_PIPELINE, expected_final_status, semantics_run_events
 
 pytestmark = pytest.mark.unit
 
@@ -152,7 +182,7 @@ def test_run_summary_of_a_completed_run() -> None:
 def test_run_summary_of_a_failed_run() -> None:
     doc = fold(run_summary.apply, run_summary.initial(RUN_ID), full_run(final_ok=False))
     assert doc["status"] == "failed"
-    assert doc["error"] == {"message": "step notify failed: HTTP 503", "step": "notify"}
+    assert doc["error"] == {"message": "step notify failed: HTTP 503", "step": "notify", "code": "step_failed"}
     assert doc["steps"]["notify"]["status"] == "failed"
     assert doc["steps"]["notify"]["error"] == "HTTP 503"
     assert "notify" not in doc["context"]
@@ -201,7 +231,7 @@ def test_timeline_entries_and_messages() -> None:
         "step extract scheduled (action, attempt 1)",
     ]
     assert "step extract started on w-1" in messages
-    assert "step extract wrote 2 log line(s)" in messages
+    assert "step extract wrote 2 log line(s), 5 dropped" in messages
     assert "step extract completed: {'rows': 3}" in messages
     assert "step big_enough completed: {'value': True}" in messages
     assert messages[-3] == "step notify failed: HTTP 503"
@@ -403,3 +433,256 @@ def test_trigger_and_pipeline_docs_fold_the_same_in_chunks(count: int, cuts: lis
     assert doc == whole
     assert doc is not None and len(doc["versions"]) == count
 
+
+
+# --- run semantics: attempts, retries, timeouts, dead letters, cancel, replay, telemetry ---
+
+
+def semantics_history(seed: int, run_id: str = RUN_ID) -> list[StoredEvent]:
+    history = History()
+    history.add(f"run-{run_id}", "acme", semantics_run_events(random.Random(seed), run_id, "acme", T0))
+    return history.events
+
+
+def run_of(*data: Any) -> list[StoredEvent]:
+    """Stored events of one run from event payloads, one millisecond apart."""
+    history = History()
+    history.add(f"run-{RUN_ID}", "acme", [d.to_event(META, T0 + timedelta(milliseconds=i)) for i, d in enumerate(data)])
+    return history.events
+
+
+def created(**fields: Any) -> RunCreated:
+    return RunCreated(run_id=RUN_ID, tenant="acme", pipeline="fanout", pipeline_version=1,
+                      definition=SEMANTICS_PIPELINE, trigger={"trigger_id": "t-1", "type": "orders.ready"}, **fields)
+
+
+def jsonz(moment: datetime) -> str:
+    """A datetime as event data carries it (pydantic's JSON form)."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def ms(i: int) -> str:
+    return (T0 + timedelta(milliseconds=i)).isoformat()
+
+
+def test_slice_replay_marks_and_nested_branch_steps() -> None:
+    doc = fold(run_summary.apply, run_summary.initial(RUN_ID), run_of(
+        created(slice_key="2024-05-01", is_replay=True, replay_of="t-0", dry_run=True),
+        RunQueued(run_id=RUN_ID, reason="pipeline paused"),
+    ))
+    assert (doc["slice_key"], doc["is_replay"], doc["replay_of"], doc["dry_run"]) == ("2024-05-01", True, "t-0", True)
+    assert doc["status"] == "pending"
+    assert doc["queued"] == {"reason": "pipeline paused", "at": ms(1)}
+    assert doc["step_order"] == ["fetch", "fan", "pause", "notify"]
+    steps = doc["steps"]
+    assert [name for name, _ in sorted(steps.items(), key=lambda kv: kv[1]["index"])] == ALL_STEPS
+    assert (steps["left"]["parent"], steps["left"]["branch"]) == ("fan", 0)
+    assert (steps["right2"]["parent"], steps["right2"]["branch"]) == ("fan", 1)
+    assert (steps["fan"]["kind"], steps["pause"]["kind"], steps["fan"]["parent"]) == ("parallel", "delay", None)
+
+
+def test_attempts_retries_timeouts_and_ignored_results() -> None:
+    due = T0 + timedelta(seconds=1)
+    events = run_of(
+        created(),
+        RunStarted(run_id=RUN_ID),
+        StepScheduled(run_id=RUN_ID, step="fetch", index=0, kind="action"),
+        StepStarted(run_id=RUN_ID, step="fetch", worker="w1"),
+        StepFailed(run_id=RUN_ID, step="fetch", error="no result within 2000 ms", duration_ms=2000,
+                   timed_out=True, will_retry=True),
+        StepRetryScheduled(run_id=RUN_ID, step="fetch", attempt=2, delay_ms=200, due_at=due, timer_id="tm-1"),
+        TimerScheduled(run_id=RUN_ID, timer_id="tm-1", purpose="backoff", due_at=due, step="fetch", attempt=2),
+        RunWaiting(run_id=RUN_ID, reason="backoff", until=due),
+        StepResultIgnored(run_id=RUN_ID, step="fetch", attempt=1, reason="attempt timed out", ok=True, worker="w1"),
+        RunResumed(run_id=RUN_ID, reason="timer fired"),
+        StepScheduled(run_id=RUN_ID, step="fetch", index=0, kind="action", attempt=2),
+        StepStarted(run_id=RUN_ID, step="fetch", attempt=2, worker="w2"),
+        StepCompleted(run_id=RUN_ID, step="fetch", attempt=2, result={"rows": 5}, duration_ms=30),
+    )
+    docs = [run_summary.initial(RUN_ID)]
+    for event in events:
+        docs.append(run_summary.apply(docs[-1], event))
+    assert docs[5]["steps"]["fetch"]["status"] == "failed"
+    assert docs[5]["steps"]["fetch"]["timed_out"] is True
+    waiting = docs[8]
+    assert waiting["status"] == "waiting"
+    assert waiting["waiting"]["until"] == jsonz(due)
+    assert waiting["steps"]["fetch"]["status"] == "retrying"
+    assert waiting["steps"]["fetch"]["next_retry"]["delay_ms"] == 200
+    assert waiting["timers"]["tm-1"]["purpose"] == "backoff"
+    doc = docs[-1]
+    assert doc["status"] == "running" and doc["waiting"] is None
+    fetch = doc["steps"]["fetch"]
+    assert (fetch["status"], fetch["attempt"], fetch["worker"], fetch["timed_out"]) == ("completed", 2, "w2", False)
+    assert doc["context"] == {"fetch": {"rows": 5}}
+    first, second = fetch["attempts"]
+    assert (first["status"], first["timed_out"], first["will_retry"], first["worker"]) == ("failed", True, True, "w1")
+    assert first["duration_ms"] == 2000
+    assert (second["status"], second["backoff_ms"], second["worker"]) == ("completed", 200, "w2")
+    assert fetch["retries"] == [{"attempt": 2, "delay_ms": 200, "due_at": jsonz(due), "at": ms(5),
+                                 "timer_id": "tm-1"}]
+    assert fetch["ignored_results"] == [{"attempt": 1, "reason": "attempt timed out", "ok": True, "worker": "w1",
+                                         "at": ms(8)}]
+
+    entries = fold(timeline.apply, [], events)
+    messages = [entry["message"] for entry in entries]
+    assert "step fetch attempt 1 timed out after 2000 ms; will retry" in messages
+    assert "retry 1 of step fetch (attempt 2) in 200 ms" in messages
+    assert f"backoff timer set for step fetch, due {jsonz(due)}" in messages
+    assert f"run waiting until {jsonz(due)}: backoff" in messages
+    assert "late success of step fetch attempt 1 ignored: attempt timed out" in messages
+    assert "run resumed: timer fired" in messages
+    assert "step fetch started on w2 (attempt 2)" in messages
+    retry_entry = next(e for e in entries if e["kind"] == "step_retry_scheduled")
+    assert (retry_entry["delay_ms"], retry_entry["attempt"]) == (200, 2)
+    failed_entry = next(e for e in entries if e["kind"] == "step_failed")
+    assert (failed_entry["timed_out"], failed_entry["will_retry"], failed_entry["duration_ms"]) == (True, True, 2000)
+
+
+def test_dead_letter_and_redrive() -> None:
+    events = run_of(
+        created(),
+        RunStarted(run_id=RUN_ID),
+        StepScheduled(run_id=RUN_ID, step="fetch", index=0, kind="action"),
+        StepFailed(run_id=RUN_ID, step="fetch", error="exit status 1"),
+        StepDeadLettered(run_id=RUN_ID, step="fetch", attempts=1, reason="out of attempts", last_error="exit status 1"),
+        RunFailed(run_id=RUN_ID, error="step fetch out of attempts", step="fetch", code="dead_lettered"),
+        RunRetried(run_id=RUN_ID, steps=["fetch"], reason="fixed the endpoint", actor="ops",
+                   dead_letter_id=dead_letter_id(RUN_ID, "fetch", 1)),
+        RunStarted(run_id=RUN_ID),
+    )
+    failed = fold(run_summary.apply, run_summary.initial(RUN_ID), events[:6])
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"message": "step fetch out of attempts", "step": "fetch", "code": "dead_lettered"}
+    (letter,) = run_summary.dead_letter_rows(failed)
+    assert letter == {
+        "dead_letter_id": f"{RUN_ID}:fetch:1", "run_id": RUN_ID, "tenant": "acme", "pipeline": "fanout",
+        "step": "fetch", "reason": "out of attempts", "last_error": "exit status 1", "attempts": 1,
+        "dead_lettered_at": ms(4), "redriven_at": None, "redriven_by": None, "redrive_reason": None,
+    }
+    doc = fold(run_summary.apply, failed, events[6:])
+    assert doc["status"] == "running"
+    assert doc["error"] is None and doc["finished_at"] is None
+    assert doc["steps"]["fetch"]["status"] == "pending"
+    assert doc["retries"][0]["previous_error"]["code"] == "dead_lettered"
+    (letter,) = run_summary.dead_letter_rows(doc)
+    assert (letter["redriven_at"], letter["redriven_by"], letter["redrive_reason"]) == (ms(6), "ops",
+                                                                                         "fixed the endpoint")
+    messages = [entry["message"] for entry in fold(timeline.apply, [], events)]
+    assert "step fetch dead-lettered after 1 attempt(s): out of attempts (last error: exit status 1)" in messages
+    assert (f"dead letter {RUN_ID}:fetch:1 re-driven by ops from step(s) fetch: fixed the endpoint") in messages
+
+
+def test_cancel_skips_and_timers_and_dry_run_skips() -> None:
+    due = T0 + timedelta(minutes=1)
+    events = run_of(
+        created(is_replay=True, replay_of="t-0", dry_run=True),
+        RunStarted(run_id=RUN_ID),
+        StepSkipped(run_id=RUN_ID, step="fetch", reason="dry run", cause="dry_run", would_run={"uses": "shell"}),
+        StepScheduled(run_id=RUN_ID, step="pause", index=5, kind="delay"),
+        TimerScheduled(run_id=RUN_ID, timer_id="tm-d", purpose="delay", due_at=due, step="pause"),
+        RunWaiting(run_id=RUN_ID, reason="delay pause", until=due),
+        RunCanceled(run_id=RUN_ID, reason="wrong day", actor="ops"),
+        TimerCanceled(run_id=RUN_ID, timer_id="tm-d", reason="run canceled"),
+        StepSkipped(run_id=RUN_ID, step="pause", reason="run canceled", cause="canceled"),
+    )
+    doc = fold(run_summary.apply, run_summary.initial(RUN_ID), events)
+    assert doc["status"] == "canceled"
+    assert doc["canceled"] == {"reason": "wrong day", "actor": "ops", "at": ms(6)}
+    assert doc["finished_at"] == ms(6) and doc["waiting"] is None
+    assert doc["timers"]["tm-d"]["canceled_at"] == ms(7)
+    assert (doc["steps"]["pause"]["status"], doc["steps"]["pause"]["cause"]) == ("skipped", "canceled")
+    assert doc["steps"]["fetch"]["would_run"] == {"uses": "shell"}
+    assert doc["steps"]["fetch"]["cause"] == "dry_run"
+    messages = [entry["message"] for entry in fold(timeline.apply, [], events)]
+    assert messages[0] == "run created for pipeline fanout v1 (dry-run replay of trigger t-0)"
+    assert "step fetch skipped: dry run (would run {'uses': 'shell'})" in messages
+    assert "run canceled by ops: wrong day" in messages
+    assert "timer tm-d canceled: run canceled" in messages
+
+
+def test_logs_and_telemetry_are_bounded() -> None:
+    lines = [LogLine(at=T0, message=f"line {i}") for i in range(150)]
+    samples = [TelemetrySample(at=T0, rows=i, progress=i / 100) for i in range(80)]
+    events = run_of(
+        created(),
+        StepLogWritten(run_id=RUN_ID, step="fetch", lines=lines, truncated=10),
+        StepLogWritten(run_id=RUN_ID, step="fetch", attempt=2, lines=lines),
+        StepTelemetryRecorded(run_id=RUN_ID, step="fetch", samples=samples),
+        StepTelemetryRecorded(run_id=RUN_ID, step="fetch", samples=[TelemetrySample(at=T0, bytes=4096)], truncated=2),
+        StepTelemetryRecorded(run_id=RUN_ID, step="fetch", samples=samples[:30]),
+    )
+    doc = fold(run_summary.apply, run_summary.initial(RUN_ID), events)
+    assert doc["log_lines"] == 310
+    assert doc["steps"]["fetch"]["log_lines"] == 310
+    assert len(doc["logs"]) == run_summary.MAX_RUN_LOG_LINES
+    assert doc["logs_dropped"] == 100
+    assert doc["logs"][-1] == {"step": "fetch", "attempt": 2, "at": jsonz(T0), "level": "info",
+                               "message": "line 149", "data": None}
+    telemetry = doc["steps"]["fetch"]["telemetry"]
+    assert telemetry["latest"] == {"at": jsonz(T0), "rows": 29, "bytes": 4096, "progress": 0.29}
+    assert len(telemetry["samples"]) == run_summary.MAX_TELEMETRY_SAMPLES
+    assert telemetry["samples_dropped"] == 2 + 11
+    entries = fold(timeline.apply, [], events)
+    assert entries[-1]["message"] == "step fetch reported 30 telemetry sample(s), latest: 29 rows, 29% done"
+    assert entries[1]["message"] == "step fetch wrote 150 log line(s), 10 dropped"
+
+
+def test_pipeline_operator_state() -> None:
+    history = History()
+    history.add("pipeline-acme.orders-sync", "acme", [
+        PipelinePaused(tenant="acme", name="orders-sync", reason="maintenance", actor="ops").to_event(META, at(0)),
+    ])
+    assert apply_pipeline(None, history.events[0]) is None  # no version yet: nothing to pause
+    events = pipeline_versions(1)
+    history = History()
+    history.add(events[0].stream_id, "acme", [
+        PipelineVersionCreated(tenant="acme", name="orders-sync", version=1, definition=PIPELINE).to_event(META, at(0)),
+        PipelinePaused(tenant="acme", name="orders-sync", reason="maintenance", actor="ops").to_event(META, at(1)),
+        PipelineVersionCreated(tenant="acme", name="orders-sync", version=2, definition=PIPELINE).to_event(META, at(2)),
+    ])
+    doc = fold(apply_pipeline, None, history.events)
+    assert doc is not None
+    assert doc["state"] == "paused" and doc["version"] == 2
+    assert doc["state_changed"] == {"at": at(1).isoformat(), "reason": "maintenance", "actor": "ops", "position": 2}
+    history.add(events[0].stream_id, "acme", [
+        PipelineDraining(tenant="acme", name="orders-sync").to_event(META, at(3)),
+    ])
+    assert fold(apply_pipeline, None, history.events)["state"] == "draining"  # type: ignore[index]
+    history.add(events[0].stream_id, "acme", [PipelineResumed(tenant="acme", name="orders-sync").to_event(META, at(4))])
+    assert fold(apply_pipeline, None, history.events)["state"] == "active"  # type: ignore[index]
+    assert fold(apply_pipeline, None, pipeline_versions(1))["state"] == "active"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_semantics_histories_end_in_the_status_of_their_last_run_event(seed: int) -> None:
+    events = semantics_history(seed)
+    doc = fold(run_summary.apply, run_summary.initial(RUN_ID), events)
+    assert doc["status"] == expected_final_status(events)  # type: ignore[arg-type]
+    assert doc["version"] == len(events)
+    assert set(doc["steps"]) == set(ALL_STEPS)
+    for name, step in doc["steps"].items():
+        scheduled = [e for e in events if e.type == "step_scheduled" and e.data["step"] == name]
+        assert len(step["attempts"]) == len(scheduled), name
+    letters = run_summary.dead_letter_rows(doc)
+    assert len(letters) == len({f"{RUN_ID}:{e.data['step']}:{e.data['attempts']}" for e in events
+                                if e.type == "step_dead_lettered"})
+    if doc["status"] in ("pending", "running", "completed"):
+        assert all(letter["redriven_at"] for letter in letters)  # only a failed run leaves one open
+    assert all(entry["message"] != entry["kind"] for entry in fold(timeline.apply, [], events))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(0, 200), max_size=6))
+def test_semantics_histories_fold_the_same_in_chunks(seed: int, cuts: list[int]) -> None:
+    events = semantics_history(seed)
+    whole_doc = fold(run_summary.apply, run_summary.initial(RUN_ID), events)
+    whole_timeline = fold(timeline.apply, [], events)
+    doc: dict[str, Any] = run_summary.initial(RUN_ID)
+    entries: list[dict[str, Any]] = []
+    for chunk in chunked(events, cuts):
+        doc = fold(run_summary.apply, ROUND_TRIP(doc), chunk)
+        entries = fold(timeline.apply, ROUND_TRIP(entries), chunk)
+    assert doc == whole_doc
+    assert entries == whole_timeline
+    assert ROUND_TRIP(whole_doc) == whole_doc

@@ -43,6 +43,10 @@ class ReplayTrigger(BaseModel):
     replay_id: str = Field(description="Names the replay; the same replay id twice makes one set of runs.")
     dry_run: bool = False
     actor: str | None = None
+    pipeline: str | None = Field(
+        default=None,
+        description="Re-run only this pipeline (bulk replay by pipeline); default: every pipeline the trigger matches.",
+    )
 
 
 Command = CancelRun | RetryRun | ReplayTrigger

@@ -125,6 +125,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        3,
+        "run semantics read models: slices, replays, dead letters, operator state",
+        """
+        ALTER TABLE proj.runs ADD COLUMN IF NOT EXISTS slice_key text;
+        ALTER TABLE proj.runs ADD COLUMN IF NOT EXISTS is_replay boolean NOT NULL DEFAULT false;
+        CREATE INDEX IF NOT EXISTS runs_tenant_slice_idx
+            ON proj.runs (tenant, slice_key, created_at DESC, run_id DESC) WHERE slice_key IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS runs_tenant_replay_idx
+            ON proj.runs (tenant, is_replay, created_at DESC, run_id DESC);
+        ALTER TABLE proj.pipelines ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'active';
+        CREATE TABLE IF NOT EXISTS proj.dead_letters (
+            dead_letter_id    text PRIMARY KEY,
+            tenant            text NOT NULL,
+            pipeline          text NOT NULL,
+            run_id            text NOT NULL,
+            step              text NOT NULL,
+            reason            text NOT NULL,
+            last_error        text NOT NULL,
+            attempts          integer NOT NULL,
+            dead_lettered_at  timestamptz NOT NULL,
+            redriven_at       timestamptz,
+            redriven_by       text,
+            doc               jsonb NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS dead_letters_tenant_idx
+            ON proj.dead_letters (tenant, dead_lettered_at DESC, dead_letter_id DESC);
+        CREATE INDEX IF NOT EXISTS dead_letters_open_idx
+            ON proj.dead_letters (tenant, dead_lettered_at DESC) WHERE redriven_at IS NULL;
+        CREATE INDEX IF NOT EXISTS dead_letters_run_idx ON proj.dead_letters (run_id);
+        """,
+    ),
+    Migration(
         4,
         "scheduler timers",
         """

@@ -24,7 +24,8 @@ from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.projections import pipelines as pipeline_projection
 from baton.events.projections import run_summary, timeline
 from baton.events.projections import triggers as trigger_projection
-from baton.events.schema import PROJECTION_SCHEMA, events
+from baton.events.schema import PROJECTION_SCHEMA, PROJECTION_TABLES, events
+from baton.events.schema import dead_letters as dead_letters_table
 from baton.events.schema import pipelines as pipelines_table
 from baton.events.schema import projection_checkpoint as checkpoint_table
 from baton.events.schema import runs as runs_table
@@ -86,6 +87,7 @@ async def _project_runs(conn: AsyncConnection, streams: dict[str, list[StoredEve
     }
     run_rows: list[dict[str, Any]] = []
     step_rows: list[dict[str, Any]] = []
+    letter_rows: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
     for stream_id, stream_events in streams.items():
         run_id = run_id_of(stream_id)
@@ -114,6 +116,8 @@ async def _project_runs(conn: AsyncConnection, streams: dict[str, list[StoredEve
                 "finished_at": _ts(doc.get("finished_at")),
                 "last_position": stream_events[-1].position,
                 "doc": doc,
+                "slice_key": doc.get("slice_key"),
+                "is_replay": bool(doc.get("is_replay", False)),
             }
         )
         for step in run_summary.step_rows(doc):
@@ -122,8 +126,17 @@ async def _project_runs(conn: AsyncConnection, streams: dict[str, list[StoredEve
                  "position_in_run": step.get("index", 0), "status": step["status"],
                  "attempt": step.get("attempt", 0), "doc": step}
             )
+        for letter in run_summary.dead_letter_rows(doc):
+            letter_rows.append(
+                {"dead_letter_id": letter["dead_letter_id"], "tenant": letter["tenant"],
+                 "pipeline": letter["pipeline"], "run_id": run_id, "step": letter["step"],
+                 "reason": letter["reason"], "last_error": letter["last_error"], "attempts": letter["attempts"],
+                 "dead_lettered_at": _ts(letter["dead_lettered_at"]), "redriven_at": _ts(letter["redriven_at"]),
+                 "redriven_by": letter["redriven_by"], "doc": letter}
+            )
     await _upsert(conn, runs_table, run_rows, ["run_id"])
     await _upsert(conn, step_runs_table, step_rows, ["run_id", "step"])
+    await _upsert(conn, dead_letters_table, letter_rows, ["dead_letter_id"])
     if entries:
         await conn.execute(pg_insert(timeline_table).on_conflict_do_nothing(), entries)
 
@@ -148,11 +161,11 @@ async def _project_pipelines(conn: AsyncConnection, streams: dict[str, list[Stor
     rows = []
     for stream_events in streams.values():
         first = stream_events[0]
+        name = upcast(first.type, first.schema_version, dict(first.data)).get("name")
         existing = (
             await conn.execute(
                 select(pipelines_table.c.doc).where(
-                    pipelines_table.c.tenant == first.tenant,
-                    pipelines_table.c.name == upcast(first.type, first.schema_version, dict(first.data)).get("name"),
+                    pipelines_table.c.tenant == first.tenant, pipelines_table.c.name == name
                 )
             )
         ).scalar()
@@ -163,7 +176,7 @@ async def _project_pipelines(conn: AsyncConnection, streams: dict[str, list[Stor
             rows.append(
                 {"tenant": doc["tenant"], "name": doc["name"], "version": doc["version"],
                  "enabled": doc["enabled"], "trigger_type": doc["trigger_type"],
-                 "updated_at": _ts(doc["updated_at"]), "doc": doc}
+                 "updated_at": _ts(doc["updated_at"]), "doc": doc, "state": doc.get("state", "active")}
             )
     await _upsert(conn, pipelines_table, rows, ["tenant", "name"])
 
@@ -209,7 +222,7 @@ async def rebuild(engine: AsyncEngine, batch_size: int = 2000) -> int:
     no event is missed or applied twice across the switch.
     """
     twin = f"{PROJECTION_SCHEMA}_rebuild"
-    live_tables = ("projection_checkpoint", "runs", "step_runs", "timeline", "triggers", "pipelines")
+    live_tables = [table.name for table in PROJECTION_TABLES]
     async with engine.begin() as conn:
         await conn.execute(text(f"DROP SCHEMA IF EXISTS {twin} CASCADE"))
         await conn.execute(text(f"CREATE SCHEMA {twin}"))

@@ -69,6 +69,8 @@ runs = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("last_position", BigInteger, nullable=False),
     Column("doc", JSONB, nullable=False),
+    Column("slice_key", Text),
+    Column("is_replay", Boolean, nullable=False),
     schema=PROJECTION_SCHEMA,
 )
 
@@ -119,7 +121,26 @@ pipelines = Table(
     Column("trigger_type", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("doc", JSONB, nullable=False),
+    Column("state", Text, nullable=False),
     schema=PROJECTION_SCHEMA,
 )
 
-PROJECTION_TABLES = (projection_checkpoint, runs, step_runs, timeline, triggers, pipelines)
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("dead_letter_id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("pipeline", Text, nullable=False),
+    Column("run_id", Text, nullable=False),
+    Column("step", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("dead_lettered_at", DateTime(timezone=True), nullable=False),
+    Column("redriven_at", DateTime(timezone=True)),
+    Column("redriven_by", Text),
+    Column("doc", JSONB, nullable=False),
+    schema=PROJECTION_SCHEMA,
+)
+
+PROJECTION_TABLES = (projection_checkpoint, runs, step_runs, timeline, triggers, pipelines, dead_letters)

@@ -15,9 +15,17 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from baton.api import routes_health, routes_pipelines, routes_runs, routes_triggers
+from baton.api import (
+    routes_dead_letters,
+    routes_health,
+    routes_pipelines,
+    routes_replays,
+    routes_runs,
+    routes_triggers,
+)
 from baton.api.definitions import republish_all_definitions
 from baton.api.dependencies import ApiResources
+from baton.api.pipeline_control import republish_all_controls
 from baton.api.settings import ApiSettings
 from baton.events.bus import connect, definitions_bucket, ensure_streams
 from baton.events.db import make_engine
@@ -49,6 +57,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_pipelines.router)
     app.include_router(routes_triggers.router)
     app.include_router(routes_runs.router)
+    app.include_router(routes_dead_letters.router)
+    app.include_router(routes_replays.router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
@@ -82,6 +92,9 @@ async def _running_resources(settings: ApiSettings) -> AsyncIterator[ApiResource
         healed = await republish_all_definitions(engine, kv, subjects)
         if healed:
             log.info("republished %d pipeline definition(s) missing from the bucket", healed)
+        healed = await republish_all_controls(engine, kv, subjects)
+        if healed:
+            log.info("republished %d pipeline operator state(s) missing from the bucket", healed)
         yield ApiResources(
             settings=settings,
             subjects=subjects,

@@ -27,12 +27,35 @@ class DefinitionPublishConflict(RuntimeError):
     """The bucket entry kept changing under us; the caller may retry or rely on the next heal."""
 
 
-def _stored_version(raw: bytes | None) -> int:
+def _stored_number(raw: bytes | None, field: str) -> int:
     try:
         value = json.loads(raw or b"{}")
-        return int(value.get("version", 0)) if isinstance(value, dict) else 0
+        return int(value.get(field, 0)) if isinstance(value, dict) else 0
     except (ValueError, TypeError):  # an unreadable entry is replaced by a good one
         return 0
+
+
+async def put_if_newer(kv: KeyValue, key: str, value: bytes, field: str, number: int) -> bool:
+    """Compare-and-set ``value`` under ``key`` unless the stored entry's ``field`` is already >= ``number``.
+
+    Returns True when this call wrote the entry. Concurrent writers converge on the highest number.
+    """
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            entry = await kv.get(key)
+        except (KeyNotFoundError, NotFoundError):  # absent, or deleted (KeyDeletedError)
+            entry = None
+        try:
+            if entry is None:
+                await kv.create(key, value)
+                return True
+            if _stored_number(entry.value, field) >= number:
+                return False
+            await kv.update(key, value, last=entry.revision)
+            return True
+        except KeyWrongLastSequenceError:
+            continue  # someone wrote in between: re-read and decide again
+    raise DefinitionPublishConflict(f"{key} kept changing; gave up after {CAS_ATTEMPTS} attempts")
 
 
 async def publish_definition(
@@ -46,22 +69,7 @@ async def publish_definition(
     value = json.dumps(
         {"tenant": tenant, "name": name, "version": version, "definition": definition}, separators=(",", ":")
     ).encode()
-    for _ in range(CAS_ATTEMPTS):
-        try:
-            entry = await kv.get(key)
-        except (KeyNotFoundError, NotFoundError):  # absent, or deleted (KeyDeletedError)
-            entry = None
-        try:
-            if entry is None:
-                await kv.create(key, value)
-                return True
-            if _stored_version(entry.value) >= version:
-                return False
-            await kv.update(key, value, last=entry.revision)
-            return True
-        except KeyWrongLastSequenceError:
-            continue  # someone wrote in between: re-read and decide again
-    raise DefinitionPublishConflict(f"definition {key} kept changing; gave up after {CAS_ATTEMPTS} attempts")
+    return await put_if_newer(kv, key, value, "version", version)
 
 
 async def republish_all_definitions(engine: AsyncEngine, kv: KeyValue, subjects: Subjects) -> int:

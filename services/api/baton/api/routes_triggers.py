@@ -1,4 +1,4 @@
-"""Webhook triggers: publish to the trigger subject (the runner takes it from there), and look one up."""
+"""Webhook triggers: publish to the trigger subject (the runner takes it from there), look one up, replay one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from baton.api import queries
 from baton.api.dependencies import ApiResources, Tenant, get_resources
+from baton.api.runner_commands import COMMAND_RESPONSES, CommandResult, run_command
 from baton.events.bus import headers_for
+from baton.events.commands import ReplayTrigger
 from baton.events.subjects import TRIGGER_TYPE_RE
 from baton.events.trigger import MAX_TRIGGER_BYTES, TriggerMessage, trigger_id_for
 
@@ -86,3 +88,52 @@ async def get_trigger(
     if doc is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"trigger {trigger_id!r} not found")
     return doc
+
+
+class ReplayRequest(BaseModel):
+    """How to replay a stored trigger."""
+
+    model_config = ConfigDict(extra="forbid")
+    dry_run: bool = Field(default=False, description="Skip every action and record what would have run.")
+    replay_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Names the replay: send the same id again to retry without a second set of runs "
+        "(default: a fresh one, returned in the answer).",
+    )
+    pipeline: str | None = Field(default=None, description="Re-run only this pipeline.")
+    actor: str | None = Field(default=None, max_length=200, description="Who asks (default: 'api').")
+
+
+class ReplayResult(CommandResult):
+    """The runner's verdict on a replay; ``data`` holds the new trigger id and run ids."""
+
+    replay_id: str
+
+
+@router.post("/{trigger_id}/replay", response_model=ReplayResult, responses=COMMAND_RESPONSES)
+async def replay_trigger(
+    tenant: Tenant,
+    trigger_id: str,
+    body: ReplayRequest | None = None,
+    resources: ApiResources = Depends(get_resources),
+) -> ReplayResult:
+    """Re-process a stored trigger through matching into new runs marked as replays of it.
+
+    Actions registered ``replay_safe: false`` are skipped; ``dry_run`` skips every action.
+    """
+    body = body or ReplayRequest()
+    doc = await queries.get_trigger(resources.engine, tenant, trigger_id)
+    if doc is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"trigger {trigger_id!r} not found")
+    if doc.get("status") != "accepted":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"trigger {trigger_id!r} was rejected ({doc.get('reason')}); only accepted triggers can be replayed",
+        )
+    replay_id = body.replay_id or uuid.uuid4().hex
+    command = ReplayTrigger(
+        trigger_id=trigger_id, replay_id=replay_id, dry_run=body.dry_run, actor=body.actor or "api",
+        pipeline=body.pipeline,
+    )
+    result = await run_command(resources, tenant, command)
+    return ReplayResult(**result.model_dump(), replay_id=replay_id)

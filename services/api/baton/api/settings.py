@@ -22,3 +22,9 @@ class ApiSettings(ServiceSettings):
         le=60.0,
         description="How long a write waits for the read models to include it before answering anyway.",
     )
+    command_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=60.0,
+        description="How long cancel/retry/replay wait for the runner's answer before a 503.",
+    )
