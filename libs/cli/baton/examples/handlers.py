@@ -9,5 +9,6 @@ def record(ctx: Any) -> dict[str, Any]:
     """Combine the trigger payload with the earlier step's output, and log what it did."""
     greeting = (ctx.results.get("greet") or {}).get("json", {}).get("greeting")
     amount = ctx.trigger.get("payload", {}).get("amount")
-    ctx.log(f"recording amount {amount} with greeting {greeting!r}")
+    ctx.log("info", f"recording amount {amount}", {"greeting": greeting, "idempotency_key": ctx.idempotency_key})
+    ctx.telemetry(rows=1, progress=1.0)
     return {"amount": amount, "greeting": greeting, "attempt": ctx.attempt}
