@@ -119,7 +119,7 @@ def events(database_url: str, run_id: str | None = None, types: tuple[str, ...] 
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     with psycopg.connect(libpq_url(database_url)) as conn:
         rows = conn.execute(
-            f"SELECT position, stream_id, type, data, recorded_at FROM events {where} ORDER BY position",  # noqa: S608
+            f"SELECT position, stream_id, type, data, recorded_at FROM events {where} ORDER BY position",
             params,
         ).fetchall()
     return [{"position": p, "stream": s, "type": t, "data": d, "at": a} for p, s, t, d, a in rows]
@@ -236,7 +236,7 @@ async def test_retry_from_failure_keeps_earlier_results_and_redrives_the_dead_le
     refused = await api(stack, "POST", f"/runs/{run_id}/cancel", json={})
     assert refused.status_code == 409
     flag.write_text("ok")
-    redrive = await api(stack, "POST", f"/dead-letters/{letter['id']}/redrive", json={"reason": "fixed"})
+    redrive = await api(stack, "POST", f"/dead-letters/{letter['dead_letter_id']}/redrive", json={"reason": "fixed"})
     assert redrive.status_code == 200, redrive.text
     run = await run_in(stack, run_id, ("completed",))
     assert run["context"]["extract"] == {"n": 7}
@@ -260,7 +260,7 @@ async def test_replay_skips_replay_unsafe_actions_and_dry_run_skips_all(
     async def replay(dry_run: bool) -> dict[str, Any]:
         response = await api(stack, "POST", f"/triggers/{trigger_id}/replay", json={"dry_run": dry_run})
         assert response.status_code in (200, 201, 202), response.text
-        (run_id,) = response.json()["runs"]
+        (run_id,) = response.json()["data"]["runs"]
         return await run_in(stack, run_id, TERMINAL)
 
     replayed = await replay(False)
