@@ -19,8 +19,12 @@ from typing import Any
 
 import nats
 import pytest
+import uvicorn
+from click.testing import Result
 from nats.aio.msg import Msg
+from typer.testing import CliRunner
 
+from baton.cli.main import app as baton_cli
 from baton.events.catalogue import (
     EventData,
     PipelineDraining,
@@ -47,6 +51,7 @@ from baton.events.postgres_store import PostgresEventStore
 from baton.events.projections.run_summary import dead_letter_id
 from baton.events.store import ANY_VERSION, NO_STREAM, append
 from baton.events.subjects import Subjects
+from tests.helpers import wait_for
 from tests.integration.test_api import (
     BASE,
     T0,
@@ -485,3 +490,86 @@ async def test_start_up_republishes_operator_states(
         control = await control_entry(nats_url, settings.subjects, "late")
     assert (control["state"], control["reason"]) == ("draining", "r2")
     assert control["position"] == (await store.read_stream(f"pipeline-{TENANT}.late"))[-1].position
+
+
+# --- CLI against a real HTTP server, a stand-in runner and NATS -----------------------------
+
+
+@pytest.fixture
+async def api_url(api: Api) -> AsyncIterator[str]:
+    """The app behind a real uvicorn socket on a free port."""
+    server = uvicorn.Server(uvicorn.Config(api.app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started or task.done(), message="uvicorn started")
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def cli(api_url: str, *args: str) -> Result:
+    """Run a ``baton`` command in a worker thread (it is synchronous) while the server keeps serving."""
+    return await asyncio.to_thread(CliRunner().invoke, baton_cli, [*args, "--tenant", TENANT, "--api-url", api_url])
+
+
+async def test_cli_operates_runs_dead_letters_replays_and_pipelines(api: Api, api_url: str, nats_url: str) -> None:
+    assert (await api.client.put(f"{BASE}/pipelines/orders", json=pipeline_body())).status_code == 201
+    running, failed = str(uuid.uuid4()), str(uuid.uuid4())
+    await record(api.store, TENANT, running, T0, created(running, slice_key="2024-05-01"), RunStarted(run_id=running))
+    letter = await dead_lettered_run(api.store, failed, T0 + timedelta(minutes=1))
+    await record_trigger(api.store, "t-1")
+    await api.caught_up()
+    runs, replays = runner_like(api.store), replaying_runner()
+
+    async def answer(verb: str, body: dict[str, Any]) -> CommandReply | None:
+        return await (replays if verb == "replay" else runs)(verb, body)
+
+    async with command_responder(nats_url, api.subjects, answer):
+        listed = await cli(api_url, "runs", "list", "--slice-key", "2024-05-01")
+        assert listed.exit_code == 0, listed.output
+        assert running in listed.output and failed not in listed.output
+        assert "2024-05-01" in listed.output
+        only_failed = await cli(api_url, "runs", "list", "--status", "failed", "--originals", "--json")
+        assert [r["run_id"] for r in json.loads(only_failed.output)["runs"]] == [failed]
+
+        canceled = await cli(api_url, "runs", "cancel", running, "--reason", "wrong file")
+        assert canceled.exit_code == 0, canceled.output
+        assert "cancel done" in canceled.output
+        refused = await cli(api_url, "runs", "cancel", running)
+        assert refused.exit_code == 1
+        assert "only an unfinished run can be canceled" in refused.output
+        not_failed = await cli(api_url, "runs", "retry", running)
+        assert not_failed.exit_code == 1 and "only a failed run can be retried" in not_failed.output
+
+        letters = await cli(api_url, "dead-letters", "list")
+        assert letters.exit_code == 0, letters.output
+        assert letter in letters.output and "HTTP 503" in letters.output
+        redriven = await cli(api_url, "dead-letters", "redrive", letter, "--reason", "fixed")
+        assert redriven.exit_code == 0, redriven.output
+        assert "no dead letters" in (await cli(api_url, "dead-letters", "list")).output
+        assert letter in (await cli(api_url, "dead-letters", "list", "--all")).output
+
+        replayed = await cli(api_url, "replay", "t-1", "--dry-run", "--replay-id", "r-1")
+        assert replayed.exit_code == 0, replayed.output
+        assert "new trigger: replay-r-1" in replayed.output
+        bulk = await cli(api_url, "replay", "--pipeline", "orders", "--from", "2024-05-01", "--json")
+        assert bulk.exit_code == 0, bulk.output
+        assert (json.loads(bulk.output)["selected"], json.loads(bulk.output)["replayed"]) == (2, 2)
+        table = await cli(api_url, "replay", "--status", "canceled", "--batch-id", "b-7")
+        assert table.exit_code == 0, table.output
+        assert "1 selected, 1 replayed, 0 refused, 0 not sent" in table.output
+        no_filter = await cli(api_url, "replay")
+        assert no_filter.exit_code == 2
+        bad_time = await cli(api_url, "replay", "--from", "last tuesday")
+        assert bad_time.exit_code == 2
+
+    paused = await cli(api_url, "pipelines", "pause", "orders", "--reason", "maintenance")
+    assert paused.exit_code == 0, paused.output
+    assert "pipeline orders: paused" in paused.output
+    assert "already" in (await cli(api_url, "pipelines", "pause", "orders")).output
+    assert "paused" in (await cli(api_url, "pipelines", "list")).output
+    assert "pipeline orders: draining" in (await cli(api_url, "pipelines", "drain", "orders")).output
+    assert "pipeline orders: active" in (await cli(api_url, "pipelines", "resume", "orders")).output
+    missing = await cli(api_url, "pipelines", "resume", "nope")
+    assert missing.exit_code == 1 and "not found" in missing.output

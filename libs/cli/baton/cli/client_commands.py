@@ -33,7 +33,7 @@ API_URL_OPTION = typer.Option(DEFAULT_API_URL, "--api-url", envvar="BATON_API_UR
 TENANT_OPTION = typer.Option("default", "--tenant", "-t", help="Tenant (workspace).")
 JSON_OPTION = typer.Option(False, "--json", help="Print raw JSON instead of a table.")
 
-runs_app = typer.Typer(help="Inspect runs: list, show one, read its timeline.", no_args_is_help=True)
+runs_app = typer.Typer(help="Inspect runs (list, show, timeline); cancel or retry one.", no_args_is_help=True)
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -97,8 +97,16 @@ def _detail(response: httpx.Response) -> Any:
 
 
 def _get_json(api_url: str, path: str, params: dict[str, Any] | None = None) -> Any:
-    response = _call_api(api_url, "GET", path, params=params)
-    if response.status_code == 404:
+    return _checked_json(_call_api(api_url, "GET", path, params=params))
+
+
+def _post_json(api_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """POST ``body``; a 4xx ends the command with the API's message (e.g. the runner's 409 reason)."""
+    return _checked_json(_call_api(api_url, "POST", path, json=body or {}))
+
+
+def _checked_json(response: httpx.Response) -> Any:
+    if response.status_code in (404, 409):
         _fail(str(_detail(response)))
     if response.status_code >= 400:
         _fail("\n  ".join([f"HTTP {response.status_code}:", *format_field_errors(_detail(response))]))
@@ -236,14 +244,23 @@ def emit_command(
 def list_runs(
     tenant: str = TENANT_OPTION,
     pipeline: str | None = typer.Option(None, "--pipeline", help="Only runs of this pipeline."),
-    status: str | None = typer.Option(None, "--status", help="Only runs in this status (e.g. failed)."),
+    status: str | None = typer.Option(
+        None, "--status", help="Only runs in this status: pending, running, waiting, completed, failed, canceled."
+    ),
+    slice_key: str | None = typer.Option(None, "--slice-key", help="Only runs of this slice (partition key)."),
+    replays: bool | None = typer.Option(
+        None, "--replays/--originals", help="Only replays, or only original runs (default: both)."
+    ),
     limit: int = typer.Option(20, "--limit", min=1, max=500, help="How many runs (newest first)."),
     cursor: str | None = typer.Option(None, "--cursor", help="Continue after a previous page."),
     api_url: str = API_URL_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:
     """List runs, newest first."""
-    params = {"pipeline": pipeline, "status": status, "limit": limit, "cursor": cursor}
+    params = {
+        "pipeline": pipeline, "status": status, "slice_key": slice_key, "limit": limit, "cursor": cursor,
+        "is_replay": None if replays is None else str(replays).lower(),
+    }
     page = _get_json(api_url, f"/v1/tenants/{tenant}/runs", {k: v for k, v in params.items() if v is not None})
     if json_output:
         _print_json(page)
@@ -253,9 +270,10 @@ def list_runs(
         return
     typer.echo(
         format_table(
-            ["run id", "pipeline", "version", "status", "created", "finished"],
+            ["run id", "pipeline", "version", "status", "slice", "replay", "created", "finished"],
             [
-                (r["run_id"], r["pipeline"], r["pipeline_version"], r["status"], r["created_at"], r["finished_at"])
+                (r["run_id"], r["pipeline"], r["pipeline_version"], r["status"], r.get("slice_key"),
+                 "yes" if r.get("is_replay") else "", r["created_at"], r["finished_at"])
                 for r in page["runs"]
             ],
         )
@@ -319,3 +337,39 @@ def show_timeline(
             [(e["seq"], e["at"], e["kind"], e.get("message")) for e in timeline["entries"]],
         )
     )
+
+
+REASON_OPTION = typer.Option("", "--reason", "-r", help="Why (recorded in the run's events).")
+
+
+def _report_command(result: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        _print_json(result)
+    else:
+        typer.echo(result.get("message", "done"))
+
+
+@runs_app.command("cancel")
+def cancel_run(
+    run_id: str = typer.Argument(..., help="Run id."),
+    reason: str = REASON_OPTION,
+    tenant: str = TENANT_OPTION,
+    api_url: str = API_URL_OPTION,
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Cancel a run that has not finished (a finished run is refused with the reason)."""
+    _report_command(_post_json(api_url, f"/v1/tenants/{tenant}/runs/{run_id}/cancel", {"reason": reason}),
+                    json_output)
+
+
+@runs_app.command("retry")
+def retry_run(
+    run_id: str = typer.Argument(..., help="Run id."),
+    reason: str = REASON_OPTION,
+    tenant: str = TENANT_OPTION,
+    api_url: str = API_URL_OPTION,
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Run a failed run again from its first failed step; completed steps keep their results."""
+    _report_command(_post_json(api_url, f"/v1/tenants/{tenant}/runs/{run_id}/retry", {"reason": reason}),
+                    json_output)

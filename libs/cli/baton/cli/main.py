@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from baton.cli.client_commands import apply_command, emit_command, runs_app
+from baton.cli.operator_commands import dead_letters_app, pipelines_app, replay_command
 
 app = typer.Typer(
     help="Baton: event-sourced, push-based orchestration over NATS and PostgreSQL.",
@@ -20,6 +21,9 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(projections_app, name="projections")
 app.command("apply", help="Create or update pipelines from a YAML file (through the API).")(apply_command)
 app.command("emit", help="Publish a trigger straight to NATS.")(emit_command)
+app.command("replay", help="Replay a stored trigger, or in bulk by filter (through the API).")(replay_command)
+app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(pipelines_app, name="pipelines")
 
 
 def _database_url(value: str | None) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from baton.api import queries
 from baton.api.dependencies import ApiResources, Tenant, get_resources, wait_for_read_models
@@ -26,8 +25,10 @@ class BulkReplayRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     pipeline: str | None = Field(default=None, description="Runs of this pipeline; only it is re-run.")
-    from_: Annotated[datetime | None, Field(alias="from", description="Runs created at or after this time.")] = None
-    to: datetime | None = Field(default=None, description="Runs created before this time.")
+    from_: Annotated[
+        AwareDatetime | None, Field(alias="from", description="Runs created at or after this time (with offset).")
+    ] = None
+    to: AwareDatetime | None = Field(default=None, description="Runs created before this time (with offset).")
     status: str | None = Field(default=None, description="Runs in this status, e.g. 'failed'.")
     dry_run: bool = Field(default=False, description="Skip every action and record what would have run.")
     limit: int = Field(default=100, ge=1, le=1000, description="At most this many triggers, oldest first.")
