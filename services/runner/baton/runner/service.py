@@ -562,7 +562,7 @@ class RunnerService:
         message = TriggerMessage(
             source=original.source, resource_type=original.resource_type, resource_id=original.resource_id,
             environment=original.environment, payload=original.payload, triggered_by="replay",
-            idempotency_key=f"replay:{command.replay_id}", pipeline=original.pipeline,
+            idempotency_key=f"replay:{command.replay_id}", pipeline=command.pipeline or original.pipeline,
             slice_key=original.slice_key, scheduled_at=original.scheduled_at,
         )
         replay_id = trigger_id_for(tenant, f"replay\x00{command.replay_id}")
