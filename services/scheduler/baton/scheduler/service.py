@@ -76,7 +76,7 @@ class SchedulerService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then close the connections."""
-        engine = make_engine(self.settings.database_url, pool_size=4)
+        engine = make_engine(self.settings.database_url, pool_size=self.settings.timer_fire_concurrency + 4)
         nc: NATS | None = None
         try:
             await migrate(engine)

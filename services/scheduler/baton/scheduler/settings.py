@@ -18,7 +18,10 @@ class SchedulerSettings(ServiceSettings):
     )
     timer_intake_batch: int = Field(default=500, ge=1, le=5000, description="Timer requests fetched per pull.")
     timer_fire_batch: int = Field(default=500, ge=1, le=5000, description="Due timers claimed per transaction.")
-    timer_ack_wait_seconds: float = Field(default=30.0, ge=1.0, description="Redelivery delay of unacked requests.")
+    timer_fire_concurrency: int = Field(
+        default=4, ge=1, le=16, description="Fire batches in flight at once (each holds a database connection)."
+    )
+    timer_ack_wait_seconds: float = Field(default=10.0, ge=1.0, description="Redelivery delay of unacked requests.")
     timer_memory_limit: int = Field(
         default=100_000, ge=100, description="Most due times kept in memory (the rest wait for the poll)."
     )

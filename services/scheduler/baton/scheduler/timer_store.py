@@ -30,15 +30,17 @@ CANCEL = text(
     " ON CONFLICT (timer_id) DO UPDATE SET canceled = true"
     " WHERE scheduler_timers.fired_at IS NULL AND NOT scheduler_timers.canceled"
 )
-# SKIP LOCKED: rows another replica is firing right now are left to it. The lock is held
-# until the caller's transaction marks them fired, so no two replicas publish one timer
-# (unless a replica dies between publish and commit: then the fire repeats, same msg id).
+# Claim and mark in one statement. SKIP LOCKED: rows another replica is firing right now are
+# left to it. The mark commits only after the caller published the fires (same transaction),
+# so no two replicas publish one timer, and a crash before the commit leaves the rows armed
+# (the fire then repeats with the same msg id).
 CLAIM_DUE = text(
-    "SELECT timer_id, tenant, due_at, payload FROM scheduler_timers"
-    " WHERE fired_at IS NULL AND NOT canceled AND due_at <= :now"
-    " ORDER BY due_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+    "UPDATE scheduler_timers SET fired_at = :fired_at WHERE timer_id IN ("
+    "  SELECT timer_id FROM scheduler_timers"
+    "  WHERE fired_at IS NULL AND NOT canceled AND due_at <= :now"
+    "  ORDER BY due_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+    " RETURNING timer_id, tenant, due_at, payload"
 )
-MARK_FIRED = text("UPDATE scheduler_timers SET fired_at = :fired_at WHERE timer_id = ANY(:ids)")
 NEAREST_DUE = text(
     "SELECT timer_id, due_at FROM scheduler_timers"
     " WHERE fired_at IS NULL AND NOT canceled AND due_at <= :until"
@@ -75,15 +77,15 @@ async def store_requests(conn: AsyncConnection, requests: Sequence[TimerRequest 
         await conn.execute(CANCEL, cancels)
 
 
-async def claim_due(conn: AsyncConnection, now: datetime, limit: int) -> list[DueTimer]:
-    """Lock up to ``limit`` armed timers due at or before ``now``, earliest first."""
-    rows = (await conn.execute(CLAIM_DUE, {"now": now, "limit": limit})).all()
-    return [DueTimer(r.timer_id, r.tenant, r.due_at, r.payload or {}) for r in rows]
+async def claim_due(conn: AsyncConnection, now: datetime, fired_at: datetime, limit: int) -> list[DueTimer]:
+    """Mark up to ``limit`` armed timers due at or before ``now`` as fired, earliest first.
 
-
-async def mark_fired(conn: AsyncConnection, timer_ids: Sequence[str], fired_at: datetime) -> None:
-    """Record that these timers fired (kept, so a late duplicate set stays a no-op)."""
-    await conn.execute(MARK_FIRED, {"ids": list(timer_ids), "fired_at": fired_at})
+    The rows stay locked until the transaction ends: commit once the fires are published,
+    roll back to leave them armed. Fired rows are kept, so a late duplicate set stays a no-op.
+    """
+    rows = (await conn.execute(CLAIM_DUE, {"now": now, "fired_at": fired_at, "limit": limit})).all()
+    timers = [DueTimer(r.timer_id, r.tenant, r.due_at, r.payload or {}) for r in rows]
+    return sorted(timers, key=lambda t: t.due_at)
 
 
 async def nearest_due(conn: AsyncConnection, until: datetime, limit: int) -> list[tuple[str, datetime]]:

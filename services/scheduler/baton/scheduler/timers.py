@@ -23,8 +23,9 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from baton.events import bus
 from baton.events.subjects import Subjects
@@ -33,7 +34,7 @@ from baton.events.waiting import wait_any
 from baton.scheduler.due_times import DueTimes
 from baton.scheduler.settings import SchedulerSettings
 from baton.scheduler.timer_messages import RejectedTimerMessage, parse_timer_message
-from baton.scheduler.timer_store import DueTimer, claim_due, mark_fired, nearest_due, purge_done, store_requests
+from baton.scheduler.timer_store import DueTimer, claim_due, nearest_due, purge_done, store_requests
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class TimerService:
         self._settings = settings
         self._plan = DueTimes(settings.timer_memory_limit)
         self._wakeup = asyncio.Event()
+        self._firing: set[asyncio.Task[None]] = set()
+        self._idle_connections: list[AsyncConnection] = []
+        self._claim_again = False  # a batch came back full or failed: claim again without a planned due time
+        self._failures = 0
         self.fired = 0  # timers this replica published (a figure for logs and tests)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -179,6 +184,15 @@ class TimerService:
 
     # --- firing -----------------------------------------------------------------------
     async def _fire_loop(self, stop: asyncio.Event) -> None:
+        try:
+            await self._fire_until(stop)
+        finally:
+            if self._firing:
+                await asyncio.wait(self._firing, timeout=PUBLISH_ACK_TIMEOUT_SECONDS + 5)
+            while self._idle_connections:
+                await self._discard_connection(self._idle_connections.pop())
+
+    async def _fire_until(self, stop: asyncio.Event) -> None:
         poll = self._settings.timer_poll_seconds
         next_poll = 0.0  # the first pass loads what is pending (a restart fires overdue timers at once)
         next_purge = time.monotonic() + 60.0
@@ -189,21 +203,25 @@ class TimerService:
                 if time.monotonic() >= next_poll:
                     await self._refresh_plan()
                     next_poll = time.monotonic() + poll
-                await self.fire_due()
                 if time.monotonic() >= next_purge:
                     await self._purge()
                     next_purge = time.monotonic() + PURGE_EVERY_SECONDS
                 backoff = 0.1
             except Exception:
-                log.exception("timer firing failed; retrying in %.1fs", backoff)
+                log.exception("timer table poll failed; retrying in %.1fs", backoff)
                 await wait_any(stop, None, backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            delay = next_poll - time.monotonic()
+            slot_free = len(self._firing) < self._settings.timer_fire_concurrency
             next_due = self._plan.next_due()
-            if next_due is not None:
-                delay = min(delay, next_due - time.time())
-            if delay > 0:
+            now = time.time()
+            if slot_free and (self._claim_again or (next_due is not None and next_due <= now)):
+                self._start_batch(now)
+                continue
+            delay = next_poll - time.monotonic()
+            if slot_free and next_due is not None:
+                delay = min(delay, next_due - now)
+            if delay > 0:  # a finished batch sets the wake-up too, freeing its slot
                 await wait_any(stop, self._wakeup, delay)
 
     async def _refresh_plan(self) -> None:
@@ -213,32 +231,67 @@ class TimerService:
         for timer_id, due_at in rows:
             self._plan.add(timer_id, due_at.timestamp())
 
-    async def fire_due(self) -> int:
-        """Fire every planned timer that is due now, in claimed batches; returns how many fired here."""
-        fired = 0
-        while True:
-            now = time.time()
-            if not self._plan.pop_due(now) and not fired:
-                return 0  # nothing planned is due (the poll plans what other replicas armed)
-            count = await self._fire_batch(datetime.fromtimestamp(now, UTC))
-            fired += count
-            if count < self._settings.timer_fire_batch:
-                return fired
+    def _start_batch(self, now: float) -> None:
+        """Claim and fire what is due at ``now`` in a task of its own.
+
+        Batches overlap (up to ``timer_fire_concurrency``): a timer coming due while an earlier
+        batch waits for its acks is claimed at once by the next one (SKIP LOCKED keeps them apart).
+        """
+        self._plan.pop_due(now)
+        self._claim_again = False
+        task = asyncio.create_task(self._fire_task(datetime.fromtimestamp(now, UTC)), name="timer-batch")
+        self._firing.add(task)
+        task.add_done_callback(self._firing.discard)
+
+    async def _fire_task(self, now: datetime) -> None:
+        try:
+            count = await self._fire_batch(now)
+        except Exception:
+            self._failures += 1
+            backoff = min(0.1 * 2 ** (self._failures - 1), 5.0)
+            log.exception("firing timers failed; they stay armed, retrying in %.1fs", backoff)
+            await asyncio.sleep(backoff)  # holds this slot: a broken database is not hammered
+            self._claim_again = True
+        else:
+            self._failures = 0
+            if count >= self._settings.timer_fire_batch:
+                self._claim_again = True  # more may be due than one batch holds
+        finally:
+            self._wakeup.set()
 
     async def _fire_batch(self, now: datetime) -> int:
-        async with self._engine.begin() as conn:
-            due = await claim_due(conn, now, self._settings.timer_fire_batch)
-            if not due:
-                return 0
-            await self._publish_fires(due)
-            await mark_fired(conn, [t.timer_id for t in due], datetime.now(UTC))
+        conn = await self._firing_connection()
+        try:
+            async with conn.begin():
+                fired_at = datetime.now(UTC)
+                due = await claim_due(conn, now, fired_at, self._settings.timer_fire_batch)
+                if due:
+                    await self._publish_fires(due, fired_at)
+        except BaseException:
+            await self._discard_connection(conn)  # a fresh one next time, whatever state this one is in
+            raise
+        self._idle_connections.append(conn)
         self.fired += len(due)
         return len(due)
 
-    async def _publish_fires(self, due: list[DueTimer]) -> None:
+    async def _firing_connection(self) -> AsyncConnection:
+        """A connection kept for firing: no pool checkout (and ping) on the hot path."""
+        if self._idle_connections:
+            return self._idle_connections.pop()
+        conn = await self._engine.connect()
+        # Losing a "fired" mark in a database crash only means a repeat fire (same msg id),
+        # which the design absorbs anyway; not waiting for its WAL flush keeps fires on time.
+        await conn.execute(text("SET synchronous_commit = off"))
+        await conn.commit()
+        return conn
+
+    async def _discard_connection(self, conn: AsyncConnection) -> None:
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+    async def _publish_fires(self, due: list[DueTimer], fired_at: datetime) -> None:
         """Publish every fire without waiting between them, then await all the acks."""
         subject = self._subjects.timer_fired
-        fired_at = datetime.now(UTC)
         acks = []
         for timer in due:
             body = TimerFired(
