@@ -15,9 +15,10 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from baton.api import routes_health, routes_pipelines, routes_runs, routes_triggers
+from baton.api import routes_health, routes_monitors, routes_pipelines, routes_runs, routes_triggers
 from baton.api.definitions import republish_all_definitions
 from baton.api.dependencies import ApiResources
+from baton.api.monitor_store import republish_all_monitors
 from baton.api.settings import ApiSettings
 from baton.events.bus import connect, definitions_bucket, ensure_streams
 from baton.events.db import make_engine
@@ -49,6 +50,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_pipelines.router)
     app.include_router(routes_triggers.router)
     app.include_router(routes_runs.router)
+    app.include_router(routes_monitors.router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
@@ -82,6 +84,8 @@ async def _running_resources(settings: ApiSettings) -> AsyncIterator[ApiResource
         healed = await republish_all_definitions(engine, kv, subjects)
         if healed:
             log.info("republished %d pipeline definition(s) missing from the bucket", healed)
+        if healed_monitors := await republish_all_monitors(engine, kv, subjects):
+            log.info("healed %d monitor definition(s) in the bucket", healed_monitors)
         yield ApiResources(
             settings=settings,
             subjects=subjects,

@@ -36,15 +36,22 @@ def _stored_version(raw: bytes | None) -> int:
 
 
 async def publish_definition(
-    kv: KeyValue, subjects: Subjects, tenant: str, name: str, version: int, definition: dict[str, Any]
+    kv: KeyValue,
+    subjects: Subjects,
+    tenant: str,
+    name: str,
+    version: int,
+    definition: dict[str, Any],
+    kind: str = "pipeline",
+    extra: dict[str, Any] | None = None,
 ) -> bool:
-    """Put ``{"tenant","name","version","definition"}`` unless the bucket already holds this version or newer.
-
-    Returns True when this call wrote the entry.
+    """Put ``{"tenant","name","version","definition", **extra}`` under ``<kind>.<tenant>.<name>`` unless the
+    bucket already holds this version or newer. Returns True when this call wrote the entry.
     """
-    key = subjects.definition_key("pipeline", tenant, name)
+    key = subjects.definition_key(kind, tenant, name)
     value = json.dumps(
-        {"tenant": tenant, "name": name, "version": version, "definition": definition}, separators=(",", ":")
+        {"tenant": tenant, "name": name, "version": version, "definition": definition, **(extra or {})},
+        separators=(",", ":"),
     ).encode()
     for _ in range(CAS_ATTEMPTS):
         try:
