@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -237,3 +238,61 @@ async def test_sql_monitor_fires_when_the_query_reaches_the_threshold(
 
 async def _reason_seen(store: PostgresEventStore, name: str, fragment: str) -> bool:
     return any(fragment in t["reason"] for t in await ticks(store, name))
+
+
+# --- replicas ---------------------------------------------------------------------------------
+
+
+async def test_two_replicas_split_the_monitors_and_never_evaluate_one_at_the_same_time(
+    store: PostgresEventStore, database_url: str, nats_url: str, subject_prefix: str, subjects: Subjects,
+    tmp_path: Path,
+) -> None:
+    names = [f"m{i}" for i in range(12)]
+    async with nats_client(nats_url, subjects) as (nc, kv):
+        await put_pipeline(kv, "ingest", "files.landed")
+        for name in names:
+            folder = tmp_path / name
+            folder.mkdir()
+            (folder / "one.csv").write_text(name)
+            await put_monitor(kv, {**file_monitor(folder), "name": name})
+        first = monitor_settings(database_url, nats_url, subject_prefix, replica_id="alpha")
+        second = monitor_settings(database_url, nats_url, subject_prefix, replica_id="beta")
+        async with running_monitor(first) as alpha:
+            async with running_monitor(second) as beta:
+                await wait_for(lambda: _all_ticked_by(store, names, "beta", "alpha"), timeout=30,
+                               message="both replicas evaluate monitors")
+                assert alpha.leases.held_slots.isdisjoint(beta.leases.held_slots)
+            # beta stopped cleanly: alpha takes every monitor over.
+            mark = {name: len(await ticks(store, name)) for name in names}
+            await wait_for(lambda: _all_ticked_since(store, names, mark, "alpha"), timeout=30,
+                           message="alpha took over beta's monitors")
+        bodies = await trigger_bodies(nc, subjects)
+    per_monitor = {name: await ticks(store, name) for name in names}
+    for name, recorded in per_monitor.items():
+        spans = sorted(
+            (datetime.fromisoformat(t["started_at"]).timestamp(),
+             datetime.fromisoformat(t["started_at"]).timestamp() + t["duration_ms"] / 1000, t["replica"])
+            for t in recorded
+        )
+        for (_, end, who), (start, _, other) in itertools.pairwise(spans):
+            assert start >= end or who == other, f"{name}: {who} and {other} overlapped"
+        assert len(fired_keys(recorded)) == 1, f"{name} fired {fired_keys(recorded)}"
+    assert len(bodies) == len(names)
+
+
+async def _all_ticked_by(store: PostgresEventStore, names: list[str], *replicas: str) -> bool:
+    seen: set[str] = set()
+    for name in names:
+        recorded = await ticks(store, name)
+        if not recorded:
+            return False
+        seen.update(t["replica"] for t in recorded)
+    return seen >= set(replicas)
+
+
+async def _all_ticked_since(store: PostgresEventStore, names: list[str], mark: dict[str, int], replica: str) -> bool:
+    for name in names:
+        recent = (await ticks(store, name))[mark[name]:]
+        if not any(t["replica"] == replica for t in recent):
+            return False
+    return True
