@@ -197,3 +197,53 @@ async def _ticks(api: Api, name: str, count: int) -> bool:
     from baton.events.stream_ids import monitor_ticks_stream
 
     return len(await api.store.read_stream(monitor_ticks_stream(TENANT, name))) >= count
+
+
+async def test_upstream_monitor_chains_two_pipelines_through_the_runner(
+    api: Api, database_url: str, nats_url: str, subject_prefix: str
+) -> None:
+    import asyncio
+
+    from baton.runner.service import RunnerService
+    from baton.runner.settings import RunnerSettings
+    from baton.runner.worker import Worker
+
+    def pipeline(trigger_type: str) -> dict[str, Any]:
+        return {"trigger": {"type": trigger_type},
+                "steps": [{"name": "work", "type": "action", "uses": "shell", "with": {"command": "echo ok"}}]}
+
+    for name, trigger_type in (("extract", "extract.go"), ("load", "load.go")):
+        assert (await api.client.put(f"{BASE}/pipelines/{name}", json=pipeline(trigger_type))).status_code == 201
+    chained = {"type": "upstream", "pipeline": "load", "interval": 1, "settings": {"pipeline": "extract"}}
+    assert (await api.client.put(f"{BASE}/monitors/after-extract", json=chained)).status_code == 201
+
+    stop = asyncio.Event()
+    runner = RunnerService(RunnerSettings(database_url=database_url, nats_url=nats_url, subject_prefix=subject_prefix))
+    worker = Worker(nats_url, api.subjects, name="w-chain")
+    tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(worker.run(stop))]
+    try:
+        async with running_monitor(monitor_settings(database_url, nats_url, subject_prefix)):
+            sent = await api.client.post(f"{BASE}/triggers", json={"type": "extract.go", "payload": {"day": 1}})
+            assert sent.status_code == 202, sent.text
+
+            async def load_run() -> dict[str, Any] | None:
+                await api.caught_up()
+                runs = (await api.client.get(f"{BASE}/runs", params={"pipeline": "load"})).json()["runs"]
+                done = [r for r in runs if r["status"] == "completed"]
+                return done[0] if done else None
+
+            load = await wait_for(load_run, timeout=60, message="the load pipeline ran after extract")
+            extract = (await api.client.get(f"{BASE}/runs", params={"pipeline": "extract"})).json()["runs"]
+            assert len(extract) == 1
+            detail = (await api.client.get(f"{BASE}/runs/{load['run_id']}")).json()
+            trigger = detail["trigger"]
+            assert trigger["triggered_by"] == "monitor" and trigger["source"] == "monitor:after-extract"
+            assert trigger["payload"]["observation"]["upstream"]["run_id"] == extract[0]["run_id"]
+            # A completion fires once: more ticks, no second load run.
+            count = len(await api.store.read_stream("monitor_ticks-acme.after-extract"))
+            await wait_for(lambda: _ticks(api, "after-extract", count + 2), message="more ticks")
+            await api.caught_up()
+            assert len((await api.client.get(f"{BASE}/runs", params={"pipeline": "load"})).json()["runs"]) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
