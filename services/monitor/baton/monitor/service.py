@@ -45,7 +45,6 @@ from baton.events.monitor import (
 from baton.events.postgres_store import PostgresEventStore
 from baton.events.store import StoreUnavailable
 from baton.events.trigger import TriggerMessage, trigger_id_for
-from baton.events.waiting import wait_any
 from baton.monitor.checks import CheckFailed
 from baton.monitor.checks.files import observe_files
 from baton.monitor.checks.http import observe_http
@@ -240,11 +239,18 @@ class MonitorService:
     # --- the per-monitor loop ----------------------------------------------------------------
     async def _monitor_loop(self, state: MonitorState) -> None:
         """Evaluate on the interval while this replica holds the monitor's slot; never raises."""
+        loop = asyncio.get_running_loop()
         while not state.removed and not self._stop.is_set():
             delay = state.next_due - self._monotonic()
             if delay > 0:
+                # A timer handle, not a task per wait: a thousand monitors wait cheaply. Shutdown,
+                # definition changes and lease changes set ``wake`` too.
                 state.wake.clear()
-                await wait_any(self._stop, state.wake, delay)
+                timer = loop.call_later(delay, state.wake.set)
+                try:
+                    await state.wake.wait()
+                finally:
+                    timer.cancel()
                 continue
             model = state.entry.model
             state.next_due = self._monotonic() + model.interval
@@ -274,7 +280,7 @@ class MonitorService:
                 # Another replica may have moved the cursor while it held the slot: reload it.
                 state.cursor = MonitorCursor.resume(entry.model.type, await load_cursor(self.store, *entry.key))
                 state.cursor_epoch = epoch
-            started_at, started = self._now(), time.perf_counter()
+            started_at, started, due_base = self._now(), time.perf_counter(), self._monotonic()
             settle: list[Msg] = []
             target = self.index.pipelines.get((entry.tenant, entry.model.pipeline))
             observation: Any = None
@@ -339,12 +345,13 @@ class MonitorService:
                 state.next_due = self._monotonic() + self._backoff(state)
                 await self.upstream.settle(settle, recorded=False)
                 return Outcome(None, 503, f"the tick could not be recorded: {exc}")
-            await self.upstream.settle(settle, recorded=True)
+            # Completions an error tick did not act on (e.g. their fires failed) come back later.
+            await self.upstream.settle(settle, recorded=not failed)
             self.evaluations += 1
             state.cursor = new_cursor
             state.consecutive_errors = errors
-            if cause != "report":
-                state.next_due = self._monotonic() + wait
+            if cause != "report":  # fixed rate: the interval counts from the start of this evaluation
+                state.next_due = due_base + wait
             if failed:
                 log.info("monitor %s/%s: error tick (%d in a row): %s", *entry.key, errors, error)
             return Outcome(tick, 200, tick.reason)
