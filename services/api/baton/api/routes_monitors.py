@@ -264,6 +264,8 @@ async def evaluate_now(
         why = ("report monitors fire only from gateway reports" if model.type == "report"
                else "runs_on is 'gateway': the gateway runs the check and reports it")
         return CheckResult(status="skipped", message=why)
+    if not model.enabled:
+        return CheckResult(status="skipped", message="the monitor is disabled")
     reply = await _ask_monitor_service(resources, "evaluate", tenant, name, EvaluateRequest(tenant=tenant, name=name))
     return CheckResult(status="evaluated" if reply.tick else "skipped", message=reply.message, tick=reply.tick)
 
