@@ -17,6 +17,9 @@ loopback ports, in a temporary directory), then measures:
 4. timer lateness: ``--timers`` durable timers (1,000) due within the same second, armed through
    the scheduler process; lateness = due_at -> the ``TimerFired`` received, p50/p99/max ms.
    Measured twice: spread evenly across the second, and all due at the same instant (a burst).
+5. monitor ticks/s: 1,000 ``file`` monitors (interval 1 s, so 1,000 ticks/s are due) served by one
+   ``python -m baton.monitor.main`` process, each tick a durable event; plus tick lateness
+   (start of a tick minus the due time its predecessor recorded) p50/p99.
 
 Completions are observed the way any outside subscriber would: a core NATS subscription on
 the relayed ``<prefix>.evt.<tenant>.run.run_completed`` subject. Everything is bounded in
@@ -83,6 +86,8 @@ class Sizes:
     run_timeout: float
     timers: int
     only: str | None
+    monitors: int = 1_000
+    monitor_seconds: float = 10.0
 
 
 @dataclass
@@ -550,6 +555,104 @@ async def bench_timers(stack: DevStack, sizes: Sizes, log_dir: Path, results: Re
             await nc.drain()
 
 
+# --- 4. monitors ---------------------------------------------------------------------------
+MONITOR_PIPELINE = "on-files"
+MONITOR_DIRS = 10
+TICKS_IN_WINDOW = text(
+    "SELECT stream_id, stream_version, data ->> 'started_at', data ->> 'next_due_at', data ->> 'decision'"
+    " FROM events WHERE type = 'monitor_ticked' AND tenant = :tenant AND position > :after ORDER BY position"
+)
+
+
+async def bench_monitors(stack: DevStack, sizes: Sizes, log_dir: Path, results: Results) -> None:
+    """``sizes.monitors`` file monitors ticking every second in one monitor process: ticks/s and lateness."""
+    prefix = f"bench{secrets.token_hex(3)}"
+    subjects = Subjects(prefix)
+    engine = make_engine(stack.database_url, pool_size=2)
+    services: Services | None = None
+    nc = await nats.connect(stack.nats_url, name="baton-bench-monitors")
+    try:
+        await migrate(engine)
+        js = nc.jetstream()
+        await bus.ensure_streams(js, subjects)
+        kv = await bus.definitions_bucket(js, subjects)
+        pipeline = {"name": MONITOR_PIPELINE, "trigger": {"type": "bench.files"},
+                    "steps": [{"name": "s", "type": "action", "uses": "shell", "with": {"command": "true"}}]}
+        await kv.put(f"pipeline.{TENANT}.{MONITOR_PIPELINE}",
+                     json.dumps({"tenant": TENANT, "name": MONITOR_PIPELINE, "version": 1,
+                                 "definition": pipeline}).encode())
+        folders = []
+        for index in range(MONITOR_DIRS):
+            folder = log_dir / "landing" / f"d{index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(5):
+                (folder / f"f{n}.csv").write_text(str(n))
+            folders.append(folder)
+        for index in range(sizes.monitors):
+            name = f"files-{index:05d}"
+            definition = {"name": name, "type": "file", "pipeline": MONITOR_PIPELINE, "interval": 1,
+                          "settings": {"directory": str(folders[index % MONITOR_DIRS]), "glob": "*.csv"}}
+            await kv.put(f"monitor.{TENANT}.{name}", json.dumps(
+                {"tenant": TENANT, "name": name, "version": 1, "definition": definition}).encode())
+        services = Services(log_dir, {
+            **os.environ, "BATON_NATS_URL": stack.nats_url, "BATON_DATABASE_URL": stack.database_url,
+            "BATON_SUBJECT_PREFIX": prefix, "BATON_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+        })
+        services.start("monitor", "baton.monitor.main")
+        count = text("SELECT count(DISTINCT stream_id), coalesce(max(position), 0) FROM events"
+                     " WHERE type = 'monitor_ticked' AND tenant = :tenant")
+        deadline = time.monotonic() + 120
+        while True:  # warm-up: every monitor ticked at least once
+            services.check_alive()
+            async with engine.connect() as conn:
+                ticked, head = (await conn.execute(count, {"tenant": TENANT})).one()
+            if ticked >= sizes.monitors:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {ticked} of {sizes.monitors} monitors ticked in 120 s:\n"
+                                   f"{services.tail('monitor')}")
+            await asyncio.sleep(0.5)  # polling the store at a human pace during warm-up
+        started = time.perf_counter()
+        await asyncio.sleep(sizes.monitor_seconds)  # the measurement window itself
+        services.check_alive()
+        elapsed = time.perf_counter() - started
+        async with engine.connect() as conn:
+            rows = (await conn.execute(TICKS_IN_WINDOW, {"tenant": TENANT, "after": head})).all()
+        window = list(rows)
+        errors = sum(1 for r in window if r[4] == "error")
+        results.add(
+            f"monitor ticks/s ({sizes.monitors:,} file monitors, 1 s interval)",
+            f"{len(window) / elapsed:,.0f} ticks/s",
+            f"{sizes.monitors:,}/s due; {len(window):,} ticks in {elapsed:.1f} s, {errors} errors",
+        )
+        due: dict[str, str] = {}
+        lateness: list[float] = []
+        async with engine.connect() as conn:
+            previous = (await conn.execute(text(
+                "SELECT DISTINCT ON (stream_id) stream_id, data ->> 'next_due_at' FROM events"
+                " WHERE type = 'monitor_ticked' AND tenant = :tenant AND position <= :head"
+                " ORDER BY stream_id, position DESC"), {"tenant": TENANT, "head": head})).all()
+        due.update({sid: nxt for sid, nxt in previous if nxt})
+        for stream_id, _, started_at, next_due, _ in window:
+            if stream_id in due:
+                lateness.append((datetime.fromisoformat(started_at) - datetime.fromisoformat(due[stream_id]))
+                                .total_seconds() * 1000)
+            if next_due:
+                due[stream_id] = next_due
+        if lateness:
+            lateness.sort()
+            results.add(
+                "  tick lateness p50/p99/max",
+                f"{percentile(lateness, 50):.1f} / {percentile(lateness, 99):.1f} / {lateness[-1]:.1f} ms",
+                "tick start minus the due time its predecessor recorded",
+            )
+    finally:
+        if services is not None:
+            services.stop()
+        await nc.close()
+        await engine.dispose()
+
+
 # --- main ---------------------------------------------------------------------------------
 def print_table(machine: list[tuple[str, str]], results: Results, sizes: Sizes) -> None:
     print()
@@ -580,7 +683,8 @@ def parse_args(argv: list[str] | None) -> Sizes:
     parser.add_argument("--duration", type=float, help="seconds of the latency probe (10; 3 quick)")
     parser.add_argument("--workers", type=int, default=2, choices=range(1, 9), help="worker processes (2)")
     parser.add_argument("--timers", type=int, default=1_000, help="timers due within one second (1,000)")
-    parser.add_argument("--only", choices=("store", "runs", "timers"), help="run one section only")
+    parser.add_argument("--only", choices=("store", "runs", "timers", "monitors"), help="run one section only")
+    parser.add_argument("--monitors", type=int, default=1_000, help="file monitors for the monitor benchmark (1,000)")
     args = parser.parse_args(argv)
     return Sizes(
         store_events=min(args.events or (50_000 if args.quick else 200_000), 5_000_000),
@@ -591,6 +695,8 @@ def parse_args(argv: list[str] | None) -> Sizes:
         run_timeout=120.0 if args.quick else 300.0,
         timers=min(max(args.timers, 1), 20_000),
         only=args.only,
+        monitors=min(max(args.monitors, 1), 20_000),
+        monitor_seconds=5.0 if args.quick else 10.0,
     )
 
 
@@ -614,6 +720,9 @@ def main(argv: list[str] | None = None) -> int:
         if sizes.only in (None, "timers"):
             print(f"4. timer lateness ({sizes.timers:,} timers due within one second)", flush=True)
             asyncio.run(bench_timers(stack, sizes, data_dir, results))
+        if sizes.only in (None, "monitors"):
+            print(f"5. monitors ({sizes.monitors:,} file monitors for {sizes.monitor_seconds:g} s)", flush=True)
+            asyncio.run(bench_monitors(stack, sizes, data_dir, results))
     except KeyboardInterrupt:
         results.notes.append("interrupted")
         status = 130

@@ -123,30 +123,44 @@ def load_pipeline_documents(file: Path) -> list[dict[str, Any]]:
     except (OSError, yaml.YAMLError) as exc:
         _fail(f"cannot read {file}: {exc}")
     for index, doc in enumerate(documents, start=1):
-        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
-            _fail(f"{file}: document {index} is not a pipeline mapping with a 'name'")
+        body = document_kind(doc)[1] if isinstance(doc, dict) else doc
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            _fail(f"{file}: document {index} is not a pipeline or monitor mapping with a 'name'")
     return documents
 
 
+def document_kind(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """('pipeline' or 'monitor', the definition): ``kind: monitor`` or a single top-level ``monitor:`` key."""
+    if set(doc) == {"monitor"} and isinstance(doc["monitor"], dict):
+        return "monitor", doc["monitor"]
+    kind = str(doc.get("kind", "pipeline"))
+    return kind, {key: value for key, value in doc.items() if key != "kind"}
+
+
 def apply_command(
-    file: Path = typer.Argument(..., help="Pipeline YAML; several pipelines may be separated by '---'."),
+    file: Path = typer.Argument(
+        ..., help="Pipeline or monitor YAML ('kind: monitor'); several may be separated by '---'."
+    ),
     tenant: str = TENANT_OPTION,
     api_url: str = API_URL_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Create or update pipelines from a YAML file; a version is added only when a definition changed."""
+    """Create or update pipelines and monitors from a YAML file; a version is added only when a definition changed."""
     results: list[dict[str, Any]] = []
     failed = 0
-    for doc in load_pipeline_documents(file):
+    for raw in load_pipeline_documents(file):
+        kind, doc = document_kind(raw)
+        if kind not in ("pipeline", "monitor"):
+            _fail(f"{file}: unknown kind {kind!r} (use 'pipeline' or 'monitor')")
         name = doc["name"]
-        response = _call_api(api_url, "PUT", f"/v1/tenants/{tenant}/pipelines/{name}", json=doc)
+        response = _call_api(api_url, "PUT", f"/v1/tenants/{tenant}/{kind}s/{name}", json=doc)
         if response.status_code in (200, 201):
-            results.append(response.json())
+            results.append(response.json() if kind == "pipeline" else {**response.json(), "kind": kind})
             continue
         failed += 1
         results.append({"name": name, "status": response.status_code, "detail": _detail(response)})
         if not json_output:
-            typer.echo(f"pipeline {name}: rejected (HTTP {response.status_code})", err=True)
+            typer.echo(f"{kind} {name}: rejected (HTTP {response.status_code})", err=True)
             for line in format_field_errors(_detail(response)):
                 typer.echo(f"  {line}", err=True)
     if json_output:

@@ -2,7 +2,7 @@
 
 Starts a real nats-server (JetStream) and a real PostgreSQL from their PyPI packages
 under a data directory (unless NATS_URL / DATABASE_URL point at existing servers),
-runs migrations, then supervises the runner, scheduler, worker(s) and API as child processes
+runs migrations, then supervises the runner, scheduler, worker(s), API and monitor service as child processes
 with prefixed logs, restart on crash and a clean shutdown on Ctrl-C.
 """
 
@@ -98,6 +98,7 @@ def run_up(
             name = f"worker{index + 1}" if workers > 1 else "worker"
             supervisor.add(name, [python, "-m", "baton.runner.worker"], env)
         supervisor.add("api", [python, "-m", "baton.api.main"], env)
+        supervisor.add("monitor", [python, "-m", "baton.monitor.main"], env)
         api_url = f"http://127.0.0.1:{api_port}"
         print(f"up | NATS {nats_url}  PostgreSQL {database_url}", flush=True)
         print(f"up | API {api_url}  (OpenAPI: {api_url}/docs)  Ctrl-C stops everything", flush=True)

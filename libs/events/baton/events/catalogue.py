@@ -406,6 +406,63 @@ class TimerCanceled(EventData):
 # --- monitors (monitor service) ----------------------------------------------------------
 
 
+class MonitorVersionCreated(EventData):
+    """A new version of a monitor definition was stored (PUT or ``baton apply``)."""
+
+    event_type: ClassVar[str] = "monitor_version_created"
+    tenant: str
+    name: str
+    version: int = Field(ge=1)
+    definition: dict[str, Any]
+
+
+class MonitorDeleted(EventData):
+    """The monitor was deleted: it stops being evaluated; its ticks and cursor stay in the store."""
+
+    event_type: ClassVar[str] = "monitor_deleted"
+    tenant: str
+    name: str
+    version: int = Field(ge=1, description="The version that was current when it was deleted.")
+    actor: str | None = None
+
+
+class FiredTrigger(BaseModel):
+    """One trigger a monitor published: its idempotency key, trigger id and target pipeline."""
+
+    model_config = ConfigDict(frozen=True)
+    idempotency_key: str
+    trigger_id: str
+    pipeline: str
+    trigger_type: str
+    observation_key: str = Field(description="What was fired for: a file, a run id, a digest of the observation.")
+
+
+class MonitorTicked(EventData):
+    """One evaluation of a monitor: what it saw, whether it fired and why (or the error it hit).
+
+    ``cursor`` is the monitor's full cursor after this tick when the tick changed it, else None;
+    the newest non-null cursor is what the monitor resumes from after a restart.
+    """
+
+    event_type: ClassVar[str] = "monitor_ticked"
+    tenant: str
+    name: str
+    monitor_version: int = Field(ge=1)
+    tick_id: str
+    cause: str = Field(description="'interval', 'manual' (evaluate now), 'report' (gateway) or 'upstream'.")
+    decision: str = Field(description="'fire', 'no_fire', 'error' or 'skipped'.")
+    reason: str
+    observed: Any = Field(default=None, description="The observation (bounded), or None when the check failed.")
+    error: str | None = None
+    fired: list[FiredTrigger] = Field(default_factory=list)
+    cursor: dict[str, Any] | None = None
+    started_at: datetime
+    duration_ms: float = Field(ge=0)
+    consecutive_errors: int = Field(default=0, ge=0)
+    next_due_at: datetime | None = Field(default=None, description="When the next evaluation is due.")
+    replica: str | None = Field(default=None, description="The monitor service replica that evaluated it.")
+
+
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 # (event type, from version) -> converter to version + 1. Register one whenever a schema

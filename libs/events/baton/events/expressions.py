@@ -6,6 +6,7 @@ condition written by a user can run inside the runner without a worker hop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -40,10 +41,15 @@ def compile_expression(source: str) -> Any:
 
 def evaluate_condition(source: str, variables: dict[str, Any]) -> bool:
     """Evaluate a boolean condition over JSON ``variables`` (trigger, context, config, run)."""
+    return evaluate_predicate(source, {name: variables.get(name) or {} for name in ACTIVATION_NAMES})
+
+
+def evaluate_predicate(source: str, variables: Mapping[str, Any]) -> bool:
+    """Evaluate a boolean expression over any named JSON ``variables`` (monitors name their own)."""
     program = compile_expression(source)
     try:
         # Conversion is inside the try: json_to_cel refuses integers beyond 64 bits anywhere in the data.
-        activation = {name: json_to_cel(variables.get(name) or {}) for name in ACTIVATION_NAMES}
+        activation = {name: json_to_cel(value) for name, value in variables.items()}
         value = program.evaluate(activation)
     except CELEvalError as exc:
         raise ExpressionError(f"expression {source!r} failed: {exc.args[0] if exc.args else exc}") from exc

@@ -181,6 +181,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE fired_at IS NOT NULL OR canceled;
         """,
     ),
+    Migration(
+        5,
+        "monitor projections",
+        """
+        CREATE TABLE proj.monitors (
+            tenant      text NOT NULL,
+            name        text NOT NULL,
+            version     integer NOT NULL,
+            type        text,
+            pipeline    text,
+            enabled     boolean NOT NULL,
+            deleted     boolean NOT NULL,
+            updated_at  timestamptz NOT NULL,
+            doc         jsonb NOT NULL,
+            PRIMARY KEY (tenant, name)
+        );
+        -- Newest first per monitor is a backward scan of the primary key.
+        CREATE TABLE proj.monitor_ticks (
+            tenant    text NOT NULL,
+            name      text NOT NULL,
+            seq       integer NOT NULL,
+            at        timestamptz NOT NULL,
+            decision  text NOT NULL,
+            doc       jsonb NOT NULL,
+            PRIMARY KEY (tenant, name, seq)
+        );
+        """,
+    ),
 )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from baton.events.catalogue import upcast
 from baton.events.checkpoints import read_checkpoint, write_checkpoint
 from baton.events.envelope import StoredEvent
+from baton.events.monitor_read_models import project_monitors
 from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.projections import pipelines as pipeline_projection
 from baton.events.projections import run_summary, timeline
@@ -63,6 +64,7 @@ async def apply_batch(conn: AsyncConnection, batch_size: int = 1000) -> int:
     await _project_runs(conn, by_kind.get("run", {}))
     await _project_triggers(conn, by_kind.get("trigger", {}))
     await _project_pipelines(conn, by_kind.get("pipeline", {}))
+    await project_monitors(conn, [*by_kind.get("monitor", {}).values(), *by_kind.get("monitor_ticks", {}).values()])
     await write_checkpoint(conn, checkpoint_table, CHECKPOINT_NAME, batch[-1].position)
     return len(batch)
 

@@ -143,4 +143,33 @@ dead_letters = Table(
     schema=PROJECTION_SCHEMA,
 )
 
-PROJECTION_TABLES = (projection_checkpoint, runs, step_runs, timeline, triggers, pipelines, dead_letters)
+monitors = Table(
+    "monitors",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("type", Text),
+    Column("pipeline", Text),
+    Column("enabled", Boolean, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("doc", JSONB, nullable=False),
+    schema=PROJECTION_SCHEMA,
+)
+
+monitor_ticks = Table(
+    "monitor_ticks",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("decision", Text, nullable=False),
+    Column("doc", JSONB, nullable=False),
+    schema=PROJECTION_SCHEMA,
+)
+
+PROJECTION_TABLES = (
+    projection_checkpoint, runs, step_runs, timeline, triggers, pipelines, dead_letters, monitors, monitor_ticks
+)

@@ -18,6 +18,25 @@ def pipeline_stream(tenant: str, name: str) -> str:
     return f"pipeline-{tenant}.{name}"
 
 
+def monitor_stream(tenant: str, name: str) -> str:
+    """The stream of one monitor's definition versions (and its deletion)."""
+    return f"monitor-{tenant}.{name}"
+
+
+def monitor_ticks_stream(tenant: str, name: str) -> str:
+    """The stream of one monitor's ticks: kept apart so definition writes never contend with ticks."""
+    return f"monitor_ticks-{tenant}.{name}"
+
+
+def monitor_of(stream_id: str) -> tuple[str, str]:
+    """(tenant, name) of a monitor or monitor-ticks stream id."""
+    head, sep, rest = stream_id.partition("-")
+    tenant, dot, name = rest.partition(".")
+    if not sep or head not in ("monitor", "monitor_ticks") or not dot:
+        raise ValueError(f"{stream_id!r} is not a monitor stream")
+    return tenant, name
+
+
 def run_id_of(stream_id: str) -> str:
     """The run id inside a run stream id."""
     if not stream_id.startswith("run-"):

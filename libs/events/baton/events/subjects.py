@@ -6,6 +6,7 @@ share one NATS server without seeing each other's messages.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -146,6 +147,26 @@ class Subjects:
     def command_wildcard(self) -> str:
         """Every command subject."""
         return f"{self.prefix}.cmd.>"
+
+    # --- monitors (api -> monitor service; request/reply) -------------------------------
+    def monitor_request(self, verb: str, tenant: str, name: str) -> str:
+        """Where the API asks the monitor service to 'evaluate' a monitor now or take a gateway 'report'."""
+        return f"{self.prefix}.monitor.{verb}.{tenant}.{name}"
+
+    @property
+    def monitor_request_wildcard(self) -> str:
+        """Every monitor request subject."""
+        return f"{self.prefix}.monitor.>"
+
+    @property
+    def monitor_leases_bucket(self) -> str:
+        """KV bucket (entries expire) in which monitor replicas hold their slot leases."""
+        return self.stream("MONITOR_LEASES").lower()
+
+    def monitor_consumer(self, tenant: str, name: str) -> str:
+        """Durable EVENTS consumer of one upstream monitor (a NATS-safe name)."""
+        digest = hashlib.sha256(f"{tenant}/{name}".encode()).hexdigest()[:20]
+        return f"{self.prefix}_monitor_{digest}"
 
     # --- definitions ----------------------------------------------------------------
     def definition_key(self, kind: str, tenant: str, name: str) -> str:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from baton.api import (
     routes_dead_letters,
     routes_health,
+    routes_monitors,
     routes_pipelines,
     routes_replays,
     routes_runs,
@@ -25,6 +26,7 @@ from baton.api import (
 )
 from baton.api.definitions import republish_all_definitions
 from baton.api.dependencies import ApiResources
+from baton.api.monitor_store import republish_all_monitors
 from baton.api.pipeline_control import republish_all_controls
 from baton.api.settings import ApiSettings
 from baton.events.bus import connect, definitions_bucket, ensure_streams
@@ -59,6 +61,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_runs.router)
     app.include_router(routes_dead_letters.router)
     app.include_router(routes_replays.router)
+    app.include_router(routes_monitors.router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
@@ -95,6 +98,8 @@ async def _running_resources(settings: ApiSettings) -> AsyncIterator[ApiResource
         healed = await republish_all_controls(engine, kv, subjects)
         if healed:
             log.info("republished %d pipeline operator state(s) missing from the bucket", healed)
+        if healed_monitors := await republish_all_monitors(engine, kv, subjects):
+            log.info("healed %d monitor definition(s) in the bucket", healed_monitors)
         yield ApiResources(
             settings=settings,
             subjects=subjects,

@@ -27,7 +27,7 @@ class DefinitionPublishConflict(RuntimeError):
     """The bucket entry kept changing under us; the caller may retry or rely on the next heal."""
 
 
-def _stored_number(raw: bytes | None, field: str) -> int:
+def stored_number(raw: bytes | None, field: str) -> int:
     try:
         value = json.loads(raw or b"{}")
         return int(value.get(field, 0)) if isinstance(value, dict) else 0
@@ -49,7 +49,7 @@ async def put_if_newer(kv: KeyValue, key: str, value: bytes, field: str, number:
             if entry is None:
                 await kv.create(key, value)
                 return True
-            if _stored_number(entry.value, field) >= number:
+            if stored_number(entry.value, field) >= number:
                 return False
             await kv.update(key, value, last=entry.revision)
             return True
@@ -59,15 +59,22 @@ async def put_if_newer(kv: KeyValue, key: str, value: bytes, field: str, number:
 
 
 async def publish_definition(
-    kv: KeyValue, subjects: Subjects, tenant: str, name: str, version: int, definition: dict[str, Any]
+    kv: KeyValue,
+    subjects: Subjects,
+    tenant: str,
+    name: str,
+    version: int,
+    definition: dict[str, Any],
+    kind: str = "pipeline",
+    extra: dict[str, Any] | None = None,
 ) -> bool:
-    """Put ``{"tenant","name","version","definition"}`` unless the bucket already holds this version or newer.
-
-    Returns True when this call wrote the entry.
+    """Put ``{"tenant","name","version","definition", **extra}`` under ``<kind>.<tenant>.<name>`` unless the
+    bucket already holds this version or newer. Returns True when this call wrote the entry.
     """
-    key = subjects.definition_key("pipeline", tenant, name)
+    key = subjects.definition_key(kind, tenant, name)
     value = json.dumps(
-        {"tenant": tenant, "name": name, "version": version, "definition": definition}, separators=(",", ":")
+        {"tenant": tenant, "name": name, "version": version, "definition": definition, **(extra or {})},
+        separators=(",", ":"),
     ).encode()
     return await put_if_newer(kv, key, value, "version", version)
 

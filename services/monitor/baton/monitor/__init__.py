@@ -1,0 +1,1 @@
+"""The monitor service: evaluates monitors and fires triggers for their pipelines."""
