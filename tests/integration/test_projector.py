@@ -338,7 +338,7 @@ async def test_incremental_projection_equals_rebuild(engine: AsyncEngine, store:
     assert {row["redriven_at"] is None for row in letters} == {True, False}, "open and re-driven dead letters"
     for letter in letters:
         assert letter["doc"] in run_summary.dead_letter_rows(docs[letter["run_id"]])
-        assert (letter["tenant"], letter["pipeline"]) == ("acme", "fanout")
+        assert letter["tenant"] == "acme" and letter["pipeline"] in ("fanout", "orders-sync")
     assert {row["run_id"] for row in incremental["runs"] if row["pipeline_version"] == 2}, "some runs froze v2"
     assert len(incremental["timeline"]) == sum(e.stream_type == "run" for e in events)
     assert len(incremental["step_runs"]) == sum(len(doc["steps"]) for doc in docs.values())
