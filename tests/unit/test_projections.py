@@ -182,7 +182,7 @@ def test_run_summary_of_a_completed_run() -> None:
 def test_run_summary_of_a_failed_run() -> None:
     doc = fold(run_summary.apply, run_summary.initial(RUN_ID), full_run(final_ok=False))
     assert doc["status"] == "failed"
-    assert doc["error"] == {"message": "step notify failed: HTTP 503", "step": "notify", "code": "step_failed"}
+    assert doc["error"] == {"message": "step notify failed: HTTP 503", "step": "notify", "code": "dead_lettered"}
     assert doc["steps"]["notify"]["status"] == "failed"
     assert doc["steps"]["notify"]["error"] == "HTTP 503"
     assert "notify" not in doc["context"]
