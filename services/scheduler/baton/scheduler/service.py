@@ -81,7 +81,8 @@ class SchedulerService:
         try:
             await migrate(engine)
             nc = await bus.connect(self.settings.nats_url, self.replica)
-            js = nc.jetstream(publish_async_max_pending=2 * self.settings.timer_fire_batch)
+            pending = self.settings.timer_fire_concurrency * self.settings.timer_fire_batch
+            js = nc.jetstream(publish_async_max_pending=max(4_000, pending))
             await bus.ensure_streams(js, self.subjects)
             context = SchedulerContext(self.settings, self.subjects, self.replica, engine, nc, js)
             self.components = [factory(context) for factory in self._factories]

@@ -17,7 +17,7 @@ class SchedulerSettings(ServiceSettings):
         description="Backstop poll of the timer table (timers armed through another replica, missed wake-ups).",
     )
     timer_intake_batch: int = Field(default=500, ge=1, le=5000, description="Timer requests fetched per pull.")
-    timer_fire_batch: int = Field(default=500, ge=1, le=5000, description="Due timers claimed per transaction.")
+    timer_fire_batch: int = Field(default=200, ge=1, le=5000, description="Due timers claimed per transaction.")
     timer_fire_concurrency: int = Field(
         default=4, ge=1, le=16, description="Fire batches in flight at once (each holds a database connection)."
     )

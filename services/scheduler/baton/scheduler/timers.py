@@ -245,7 +245,7 @@ class TimerService:
 
     async def _fire_task(self, now: datetime) -> None:
         try:
-            count = await self._fire_batch(now)
+            await self._fire_batch(now)
         except Exception:
             self._failures += 1
             backoff = min(0.1 * 2 ** (self._failures - 1), 5.0)
@@ -254,8 +254,6 @@ class TimerService:
             self._claim_again = True
         else:
             self._failures = 0
-            if count >= self._settings.timer_fire_batch:
-                self._claim_again = True  # more may be due than one batch holds
         finally:
             self._wakeup.set()
 
@@ -265,6 +263,11 @@ class TimerService:
             async with conn.begin():
                 fired_at = datetime.now(UTC)
                 due = await claim_due(conn, now, fired_at, self._settings.timer_fire_batch)
+                if len(due) >= self._settings.timer_fire_batch:
+                    # More may be due than one batch holds: let the next batch claim them while
+                    # this one publishes (the rows claimed here stay locked, so it skips them).
+                    self._claim_again = True
+                    self._wakeup.set()
                 if due:
                     await self._publish_fires(due, fired_at)
         except BaseException:
