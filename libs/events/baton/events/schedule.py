@@ -10,23 +10,27 @@ from datetime import timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from baton.events.cron import CronError, CronExpression, CronSchedule
 
 MAX_CRONS = 20
 
 
 class ScheduleSpec(BaseModel):
-    """When a pipeline fires on its own: one or more 5-field cron strings in an IANA timezone."""
+    """When a pipeline fires on its own: one or more cron strings in an IANA timezone, and its missed-fire policy."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    cron: list[str] = Field(min_length=1, max_length=MAX_CRONS, description="'m h dom mon dow' strings.")
+    cron: list[str] = Field(
+        min_length=1, max_length=MAX_CRONS,
+        description="'m h dom mon dow' strings (standard cron; 6 fields add a leading seconds field; @daily ...).",
+    )
     timezone: str = Field(default="UTC", description="IANA timezone the cron strings are read in.")
     missed: Literal["skip", "latest", "catch_up"] = Field(
         default="skip", description="What to do with slots missed while the scheduler was down or the pipeline paused."
     )
     catch_up_window: timedelta = Field(
-        default=timedelta(hours=24), description="How far back 'catch_up' and 'latest' look (e.g. 'PT6H' or 3600)."
+        default=timedelta(hours=24), description="How far back 'catch_up' and 'latest' look (e.g. 'PT6H' or 3600).",
     )
     enabled: bool = True
     payload: dict[str, Any] = Field(default_factory=dict, description="Payload of every trigger a fire publishes.")
@@ -50,7 +54,22 @@ class ScheduleSpec(BaseModel):
     def _valid_crons(cls, crons: list[str]) -> list[str]:
         for index, expression in enumerate(crons):
             try:
-                CronTrigger.from_crontab(expression, timezone="UTC")
-            except ValueError as exc:
+                CronExpression.parse(expression)
+            except CronError as exc:
                 raise ValueError(f"cron[{index}] {expression!r} is invalid: {exc}") from exc
         return crons
+
+    @field_validator("catch_up_window")
+    @classmethod
+    def _positive_window(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("catch_up_window must be positive")
+        return value
+
+    def cron_schedule(self) -> CronSchedule:
+        """The fire-time calculator for these cron strings in this timezone."""
+        return CronSchedule(self.cron, self.timezone)
+
+    def signature(self) -> str:
+        """What decides the slots (cron strings and timezone): a change re-anchors missed-slot detection."""
+        return f"{self.timezone}|{'|'.join(self.cron)}"
