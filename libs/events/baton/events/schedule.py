@@ -6,13 +6,16 @@ PUT time with the field named; the scheduler service computes fire times from it
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from baton.events.cron import CronError, CronExpression, CronSchedule
+from baton.events.cron import CronError, CronExpression, CronSchedule, slot_key
+from baton.events.subjects import Subjects
+from baton.events.trigger import TriggerMessage, trigger_id_for
 
 MAX_CRONS = 20
 
@@ -73,3 +76,47 @@ class ScheduleSpec(BaseModel):
     def signature(self) -> str:
         """What decides the slots (cron strings and timezone): a change re-anchors missed-slot detection."""
         return f"{self.timezone}|{'|'.join(self.cron)}"
+
+
+@dataclass(frozen=True)
+class SlotTrigger:
+    """The trigger of one slot, ready to publish: subject, JSON body and its idempotency key (the Nats-Msg-Id)."""
+
+    subject: str
+    body: bytes
+    idempotency_key: str
+    trigger_id: str
+    slice_key: str | None
+
+
+def slot_trigger(
+    subjects: Subjects,
+    tenant: str,
+    pipeline: str,
+    trigger_type: str,
+    slot: datetime,
+    payload: dict[str, Any],
+    origin: Literal["schedule", "backfill"] = "schedule",
+    with_slice: bool = False,
+) -> SlotTrigger:
+    """The trigger a slot publishes, targeting only ``pipeline``; the same slot always gives the same key."""
+    key = f"{origin}:{pipeline}:{slot_key(slot)}"
+    slice_value = slot_key(slot) if with_slice else None
+    message = TriggerMessage(
+        source="scheduler" if origin == "schedule" else "backfill",
+        type=trigger_type,
+        tenant=tenant,
+        payload=payload,
+        idempotency_key=key,
+        triggered_by="schedule",
+        pipeline=pipeline,
+        slice_key=slice_value,
+        scheduled_at=slot.astimezone(UTC),
+    )
+    return SlotTrigger(
+        subject=subjects.trigger(tenant, trigger_type),
+        body=message.model_dump_json(exclude_none=True).encode(),
+        idempotency_key=key,
+        trigger_id=trigger_id_for(tenant, key),
+        slice_key=slice_value,
+    )

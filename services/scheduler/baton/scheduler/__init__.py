@@ -1,0 +1,1 @@
+"""The scheduler service: cron schedules (and durable timers) firing triggers over NATS."""
