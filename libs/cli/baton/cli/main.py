@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from baton.cli.client_commands import apply_command, emit_command, runs_app
+from baton.cli.schedule_commands import backfill_command, schedules_app
 
 app = typer.Typer(
     help="Baton: event-sourced, push-based orchestration over NATS and PostgreSQL.",
@@ -20,6 +21,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(projections_app, name="projections")
 app.command("apply", help="Create or update pipelines from a YAML file (through the API).")(apply_command)
 app.command("emit", help="Publish a trigger straight to NATS.")(emit_command)
+app.add_typer(schedules_app, name="schedules")
+app.command("backfill", help="Run a pipeline's schedule slots over a past time range.")(backfill_command)
 
 
 def _database_url(value: str | None) -> str:

@@ -124,6 +124,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        6,
+        "schedule projections",
+        """
+        CREATE TABLE IF NOT EXISTS proj.schedules (
+            tenant      text NOT NULL,
+            pipeline    text NOT NULL,
+            updated_at  timestamptz NOT NULL,
+            doc         jsonb NOT NULL,
+            PRIMARY KEY (tenant, pipeline)
+        );
+        CREATE TABLE IF NOT EXISTS proj.schedule_history (
+            tenant    text NOT NULL,
+            pipeline  text NOT NULL,
+            position  bigint NOT NULL,
+            at        timestamptz NOT NULL,
+            kind      text NOT NULL,
+            doc       jsonb NOT NULL,
+            PRIMARY KEY (tenant, pipeline, position)
+        );
+        """,
+    ),
 )
 
 

@@ -122,4 +122,28 @@ pipelines = Table(
     schema=PROJECTION_SCHEMA,
 )
 
-PROJECTION_TABLES = (projection_checkpoint, runs, step_runs, timeline, triggers, pipelines)
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("pipeline", Text, primary_key=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("doc", JSONB, nullable=False),
+    schema=PROJECTION_SCHEMA,
+)
+
+schedule_history = Table(
+    "schedule_history",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("pipeline", Text, primary_key=True),
+    Column("position", BigInteger, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("doc", JSONB, nullable=False),
+    schema=PROJECTION_SCHEMA,
+)
+
+PROJECTION_TABLES = (
+    projection_checkpoint, runs, step_runs, timeline, triggers, pipelines, schedules, schedule_history,
+)

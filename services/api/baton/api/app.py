@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from baton.api import routes_health, routes_pipelines, routes_runs, routes_triggers
 from baton.api.definitions import republish_all_definitions
 from baton.api.dependencies import ApiResources
+from baton.api.routes_schedules import router as schedules_router
 from baton.api.settings import ApiSettings
 from baton.events.bus import connect, definitions_bucket, ensure_streams
 from baton.events.db import make_engine
@@ -49,6 +50,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_pipelines.router)
     app.include_router(routes_triggers.router)
     app.include_router(routes_runs.router)
+    app.include_router(schedules_router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
