@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 TENANT = "acme"
 T0 = datetime(2030, 1, 1, 0, 0, 0, 500_000, tzinfo=UTC)  # half a second past a whole second
+LEAD = timedelta(milliseconds=300)  # slots are claimed 0.3 s ahead: the fake clock's steps decide exactly one
 
 
 class FakeClock:
@@ -87,8 +88,10 @@ class Env:
         key = self.subjects.definition_key("control", TENANT, pipeline)
         await self.kv.put(key, json.dumps({"state": state}).encode())
 
-    async def start(self, clock: Callable[[], datetime], **options: Any) -> tuple[ScheduleService, asyncio.Event]:
-        """Start a scheduler replica; it stops when the test ends (or when its event is set)."""
+    async def start(
+        self, clock: Callable[[], datetime], **options: Any
+    ) -> tuple[ScheduleService, Callable[[], Awaitable[None]]]:
+        """Start a scheduler replica; it stops when the test ends, or when the returned coroutine is awaited."""
         service = ScheduleService(self.js, self.engine, self.subjects, clock=clock, **options)
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
@@ -100,7 +103,7 @@ class Env:
 
         self.stack.push_async_callback(finish)
         await wait_for(service.ready.is_set, message="scheduler loaded the definitions")
-        return service, stop
+        return service, finish
 
     async def triggers(self) -> list[dict[str, Any]]:
         """Every message in the TRIGGERS stream, in order, as JSON with its Nats-Msg-Id."""
@@ -186,17 +189,17 @@ async def _at_least(pending: Any, count: int) -> Any:
 async def test_restart_across_two_slots_follows_the_missed_policy(env: Env, policy: str, expected: list[int]) -> None:
     clock = FakeClock(T0)
     await env.put_pipeline(pipeline_document("nightly", missed=policy))
-    _, stop = await env.start(clock, misfire_grace=timedelta(milliseconds=200))
+    _, stop = await env.start(clock, misfire_grace=timedelta(milliseconds=200), fire_lead=LEAD)
     first = await wait_for(lambda: _first_event(env, "nightly", "schedule_activated"), message="activation")
     assert first["since"] == iso(T0)
 
     clock.advance(0.6)  # 00:00:01.1: slot 00:00:01 is due (within the grace: on time)
     env.nudge()
     await wait_for(lambda: _count(env.triggers(), 1), message="slot 1 fires on time")
-    stop.set()  # the scheduler goes down ...
+    await stop()  # the scheduler goes down ...
 
     clock.advance(2.4)  # ... over slots 2 and 3 (00:00:03.5 now; slot 3 is older than the grace)
-    await env.start(clock, misfire_grace=timedelta(milliseconds=200))
+    await env.start(clock, misfire_grace=timedelta(milliseconds=200), fire_lead=LEAD)
 
     async def decided() -> bool:
         events = await env.schedule_events("nightly")
@@ -252,7 +255,7 @@ async def test_two_replicas_racing_on_the_same_instant(env: Env) -> None:
     clock = FakeClock(T0)
     await env.put_pipeline(pipeline_document("race", missed="catch_up"))
     for name in ("replica-a", "replica-b", "replica-c"):
-        await env.start(clock, name=name, misfire_grace=timedelta(milliseconds=200))
+        await env.start(clock, name=name, misfire_grace=timedelta(milliseconds=200), fire_lead=LEAD)
     for n in range(1, 6):
         clock.now = whole(n) + timedelta(milliseconds=50)
         env.nudge()  # every replica decides slot n at once
@@ -266,7 +269,7 @@ async def test_paused_pipeline_does_not_fire_and_catches_up_on_resume(env: Env) 
     clock = FakeClock(T0)
     await env.put_control("batch", "paused")
     await env.put_pipeline(pipeline_document("batch", missed="catch_up"))
-    await env.start(clock, misfire_grace=timedelta(milliseconds=200))
+    await env.start(clock, misfire_grace=timedelta(milliseconds=200), fire_lead=LEAD)
     await wait_for(lambda: _first_event(env, "batch", "schedule_activated"), message="activation")
     clock.advance(2.0)  # slots 1 and 2 come due while paused
     env.nudge()
@@ -322,3 +325,19 @@ async def test_bad_definition_entries_do_not_stop_the_scheduler(env: Env) -> Non
 
 async def _more_fires(env: Env, pipeline: str, than: int) -> bool:
     return len(await env.fired_slots(pipeline)) > than
+
+
+async def test_a_claimed_slot_is_published_after_a_restart(env: Env) -> None:
+    clock = FakeClock(T0)
+    await env.put_pipeline(pipeline_document("claimed"))
+    _, stop = await env.start(clock, fire_lead=timedelta(seconds=1))
+    # 00:00:00.5: slot 1 is within the lead, so it is recorded now and published at 00:00:01.
+    await wait_for(lambda: env.fired_slots("claimed"), message="slot 1 claimed ahead")
+    await stop()  # down before the slot's due time: recorded, never published
+    assert await env.triggers() == []
+
+    clock.now = whole(1) + timedelta(milliseconds=100)
+    await env.start(clock, fire_lead=timedelta(milliseconds=300))
+    triggers = await wait_for(lambda: _count(env.triggers(), 1), message="the claimed slot goes out on restart")
+    assert triggers[0]["scheduled_at"].replace("+00:00", "Z") == iso(whole(1))
+    assert await env.fired_slots("claimed") == [iso(whole(1))]

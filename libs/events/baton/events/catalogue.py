@@ -429,7 +429,7 @@ class ScheduleDeactivated(EventData):
 
 
 class ScheduleFired(EventData):
-    """A slot fired: its trigger (``trigger_id``, ``idempotency_key``) was published after this was recorded."""
+    """A slot fires: recorded (up to the scheduler's fire lead ahead), then its trigger is published at the slot."""
 
     event_type: ClassVar[str] = "schedule_fired"
     tenant: str
@@ -440,7 +440,9 @@ class ScheduleFired(EventData):
     idempotency_key: str
     trigger_type: str
     slice_key: str | None = None
-    fired_at: datetime = Field(description="When the scheduler decided to fire (lateness = fired_at - slot).")
+    fired_at: datetime = Field(
+        description="When the trigger goes out: the slot itself for a fire claimed ahead, later for a late one."
+    )
 
 
 class ScheduleSkipped(EventData):

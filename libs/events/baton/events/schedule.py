@@ -87,6 +87,7 @@ class SlotTrigger:
     idempotency_key: str
     trigger_id: str
     slice_key: str | None
+    slot: datetime
 
 
 def slot_trigger(
@@ -119,4 +120,5 @@ def slot_trigger(
         idempotency_key=key,
         trigger_id=trigger_id_for(tenant, key),
         slice_key=slice_value,
+        slot=slot,
     )

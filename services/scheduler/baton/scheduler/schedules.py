@@ -2,13 +2,14 @@
 
 Load, decide, append, publish. Definitions and operator state arrive from the NATS KV
 bucket (``pipeline.<t>.<name>``, ``control.<t>.<name>``); each schedule's last decided
-slot is folded from its event stream. At a slot's due time the replica appends
-``schedule_fired`` with the stream's version as expected version and only then
-publishes the trigger (``Nats-Msg-Id`` = the slot's idempotency key). Two replicas
+slot is folded from its event stream. ``fire_lead`` (1 s) before a slot is due the
+replica appends ``schedule_fired`` with the stream's version as expected version
+(the claim); at the due time it publishes the pre-serialised trigger (``Nats-Msg-Id``
+= the slot's idempotency key), so the commit is not part of the lateness. Two replicas
 deciding the same slot conflict in the event store: exactly one records it and only
-that one publishes. A crash between the append and the publish is healed on start:
-recent fires are published again, and JetStream (within its 2-minute window) and the
-runner (deterministic trigger ids beyond it) drop the repeats.
+that one publishes. A crash between the claim and the publish is healed on start:
+recent fires are published again (or queued to their slot), and JetStream (within its
+2-minute window) and the runner (deterministic trigger ids beyond it) drop repeats.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Schedule:
     history: ScheduleHistory = field(default_factory=ScheduleHistory)
     control: str = "active"
     next_due: datetime | None = None
+    prepared: SlotTrigger | None = None  # next_due's trigger, serialised ahead so a fire only appends and publishes
 
     @property
     def key(self) -> tuple[str, str]:
@@ -99,6 +101,7 @@ class ScheduleService:
         clock: Clock = utcnow,
         misfire_grace: timedelta = timedelta(seconds=1),
         republish_horizon: timedelta = timedelta(seconds=120),
+        fire_lead: timedelta = timedelta(seconds=1),
         name: str = "scheduler",
     ) -> None:
         self._js = js
@@ -107,6 +110,12 @@ class ScheduleService:
         self._clock = clock
         self._grace = misfire_grace
         self._republish_horizon = republish_horizon
+        self._lead = fire_lead
+        # Claimed slots waiting for their due time: (slot, idempotency key, trigger).
+        self._outbox: list[tuple[datetime, str, SlotTrigger]] = []
+        # Claimed schedules whose next slot is still to be computed (a few per round, so a large
+        # claim never delays the publishes due meanwhile).
+        self._replan: list[Schedule] = []
         self.name = name
         self.schedules: dict[tuple[str, str], Schedule] = {}
         self._controls: dict[tuple[str, str], str] = {}
@@ -131,7 +140,9 @@ class ScheduleService:
                 self._wake.clear()
                 try:
                     await self._apply_changes()
-                    await self._fire_due()
+                    await self._claim_due()
+                    await self._publish_due()
+                    self._replan_some()
                     backoff = 0.1
                 except Exception:
                     log.exception("schedule round failed; retrying in %.1fs", backoff)
@@ -160,14 +171,20 @@ class ScheduleService:
             await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _seconds_to_next_due(self) -> float:
+        """Until the next claim (a slot ``fire_lead`` ahead) or the next claimed slot's due time."""
+        wake: datetime | None = self._outbox[0][0] if self._outbox else None
         while self._heap:
             due, tenant, pipeline = self._heap[0]
             schedule = self.schedules.get((tenant, pipeline))
             if schedule is None or schedule.next_due != due:
                 heapq.heappop(self._heap)  # stale: the schedule changed or went away
                 continue
-            return min(max((due - self._clock()).total_seconds(), 0.0), MAX_WAIT_SECONDS)
-        return MAX_WAIT_SECONDS
+            claim_at = due - self._lead
+            wake = claim_at if wake is None else min(wake, claim_at)
+            break
+        if wake is None:
+            return MAX_WAIT_SECONDS
+        return min(max((wake - self._clock()).total_seconds(), 0.0), MAX_WAIT_SECONDS)
 
     # --- definitions and operator state -----------------------------------------------------
     async def _apply_changes(self) -> None:
@@ -266,23 +283,27 @@ class ScheduleService:
             if await self._commit([decision]) and not plan.more:
                 return
 
-    async def _fire_due(self) -> None:
+    async def _claim_due(self) -> None:
+        """Decide the slots due within ``fire_lead``: record them now, publish them at their due time.
+
+        Recording ahead keeps the event-store commit out of the lateness: at the due time
+        only pre-serialised messages go out.
+        """
         now = self._clock()
-        due: list[Schedule] = []
-        while self._heap and self._heap[0][0] <= now:
+        due: list[tuple[Schedule, datetime]] = []
+        while self._heap and self._heap[0][0] - self._lead <= now:
             due_at, tenant, pipeline = heapq.heappop(self._heap)
             schedule = self.schedules.get((tenant, pipeline))
             if schedule is not None and schedule.next_due == due_at:
                 schedule.next_due = None
-                due.append(schedule)
+                due.append((schedule, due_at))
         if not due:
             return
         decisions: list[_Decision] = []
         late: list[Schedule] = []
-        for schedule in due:
-            slot = schedule.cron.next_fire(schedule.history.anchor() or now)
-            if slot is None or slot > now or schedule.control == "paused":
-                continue  # paused: the slot is missed and settled on resume
+        for schedule, slot in due:
+            if schedule.control == "paused":
+                continue  # the slot is missed and settled on resume
             if now - slot > self._grace:
                 late.append(schedule)  # the loop fell behind: the missed-fire policy decides
             elif schedule.control == "draining":
@@ -290,11 +311,17 @@ class ScheduleService:
                 decisions.append(self._decide(schedule, [], "on_time", now, skipped))
             else:
                 decisions.append(self._decide(schedule, [slot], "on_time", now, None))
-        await self._commit(decisions)
+        await self._commit(decisions, publish=False)
         for schedule in late:
             await self._settle_missed(schedule)
-        for schedule in due:
+        self._replan.extend(schedule for schedule, _ in due)
+
+    def _replan_some(self, batch: int = 25) -> None:
+        chunk, self._replan = self._replan[:batch], self._replan[batch:]
+        for schedule in chunk:
             self._plan_next(schedule)
+        if self._replan:
+            self._wake.set()
 
     def _decide(
         self, schedule: Schedule, slots: list[datetime], kind: str, now: datetime, skipped: SkippedRange | None
@@ -308,21 +335,33 @@ class ScheduleService:
             events.append(self._event(data, now))
         triggers = []
         for slot in slots:
-            trigger = slot_trigger(
-                self.subjects, schedule.tenant, schedule.pipeline, schedule.trigger_type, slot,
-                schedule.spec.payload, with_slice=kind == "catch_up",
+            prepared = schedule.prepared
+            trigger = (
+                prepared
+                if kind == "on_time" and prepared is not None and prepared.slot == slot
+                else slot_trigger(
+                    self.subjects, schedule.tenant, schedule.pipeline, schedule.trigger_type, slot,
+                    schedule.spec.payload, with_slice=kind == "catch_up",
+                )
             )
             fired = ScheduleFired(
                 tenant=schedule.tenant, pipeline=schedule.pipeline, slot=slot, kind=kind,
                 trigger_id=trigger.trigger_id, idempotency_key=trigger.idempotency_key,
-                trigger_type=schedule.trigger_type, slice_key=trigger.slice_key, fired_at=now,
+                trigger_type=schedule.trigger_type, slice_key=trigger.slice_key, fired_at=max(slot, now),
             )
             events.append(self._event(fired, now, trigger.trigger_id))
             triggers.append(trigger)
         return _Decision(schedule, events, triggers)
 
-    async def _commit(self, decisions: list[_Decision]) -> bool:
-        """Append every decision in one transaction, then publish the triggers of those that won.
+    async def _publish_due(self) -> None:
+        now = self._clock()
+        ready: list[SlotTrigger] = []
+        while self._outbox and self._outbox[0][0] <= now:
+            ready.append(heapq.heappop(self._outbox)[2])
+        await self._publish(ready)
+
+    async def _commit(self, decisions: list[_Decision], publish: bool = True) -> bool:
+        """Append every decision in one transaction; the winners' triggers are published (or queued to their slot).
 
         Returns False when any lost to another replica (its history is reloaded so the caller may decide again).
         """
@@ -342,11 +381,17 @@ class ScheduleService:
                 all_won = False
                 await self._reload(schedule)
                 continue
-            schedule.history.version = outcome[0]
-            for event in decision.events:
-                _fold_new(schedule.history, event)
             publishes.extend(decision.triggers)
-        await self._publish(publishes)
+        if publish:
+            await self._publish(publishes)
+        else:
+            for trigger in publishes:
+                heapq.heappush(self._outbox, (trigger.slot, trigger.idempotency_key, trigger))
+        for decision, outcome in zip(decisions, outcomes, strict=True):
+            if not isinstance(outcome, WrongExpectedVersion):
+                decision.schedule.history.version = outcome[0]
+                for event in decision.events:
+                    _fold_new(decision.schedule.history, event)
         return all_won
 
     async def _append_one(self, schedule: Schedule, events: list[NewEvent]) -> bool:
@@ -355,10 +400,11 @@ class ScheduleService:
     async def _publish(self, triggers: list[SlotTrigger]) -> None:
         if not triggers:
             return
-        results = await asyncio.gather(
-            *(self._js.publish(t.subject, t.body, headers=bus.headers_for(t.idempotency_key)) for t in triggers),
-            return_exceptions=True,
-        )
+        # Pipelined: every message is sent before the first acknowledgement is awaited.
+        pending = [
+            self._js.publish_async(t.subject, t.body, headers={"Nats-Msg-Id": t.idempotency_key}) for t in triggers
+        ]
+        results = await asyncio.gather(*pending, return_exceptions=True)
         for trigger, result in zip(triggers, results, strict=True):
             if isinstance(result, BaseException):
                 # Recorded but not published: the next start republishes recent fires.
@@ -370,7 +416,12 @@ class ScheduleService:
             return
         after = schedule.history.anchor() or self._clock()
         schedule.next_due = schedule.cron.next_fire(after)
+        schedule.prepared = None
         if schedule.next_due is not None:
+            schedule.prepared = slot_trigger(
+                self.subjects, schedule.tenant, schedule.pipeline, schedule.trigger_type, schedule.next_due,
+                schedule.spec.payload,
+            )
             heapq.heappush(self._heap, (schedule.next_due, schedule.tenant, schedule.pipeline))
         self._wake.set()
 
@@ -383,19 +434,24 @@ class ScheduleService:
         fold_history(newer, schedule.history)
 
     async def _republish_recent(self, schedule: Schedule) -> None:
-        """Publish again the fires of the last couple of minutes: one may have been recorded but not sent."""
-        horizon = self._clock() - self._republish_horizon
-        recent = [f for f in schedule.history.recent_fires if f.fired_at >= horizon]
-        if recent:
-            await self._publish(
-                [
-                    slot_trigger(
-                        self.subjects, f.tenant, f.pipeline, f.trigger_type, f.slot, schedule.spec.payload,
-                        with_slice=f.slice_key is not None,
-                    )
-                    for f in recent
-                ]
+        """Publish again the fires of the last couple of minutes: one may have been recorded but not sent.
+
+        A fire claimed for a slot still ahead is queued for its due time instead.
+        """
+        now = self._clock()
+        horizon = now - self._republish_horizon
+        recent = [
+            slot_trigger(
+                self.subjects, f.tenant, f.pipeline, f.trigger_type, f.slot, schedule.spec.payload,
+                with_slice=f.slice_key is not None,
             )
+            for f in schedule.history.recent_fires
+            if f.fired_at >= horizon
+        ]
+        for trigger in recent:
+            if trigger.slot > now:
+                heapq.heappush(self._outbox, (trigger.slot, trigger.idempotency_key, trigger))
+        await self._publish([t for t in recent if t.slot <= now])
 
     def _event(self, data: EventData, now: datetime, correlation_id: str | None = None) -> NewEvent:
         return data.to_event(EventMetadata(actor=self.name, correlation_id=correlation_id), recorded_at=now)
