@@ -20,6 +20,9 @@ loopback ports, in a temporary directory), then measures:
 5. monitor ticks/s: 1,000 ``file`` monitors (interval 1 s, so 1,000 ticks/s are due) served by one
    ``python -m baton.monitor.main`` process, each tick a durable event; plus tick lateness
    (start of a tick minus the due time its predecessor recorded) p50/p99.
+6. schedule lateness: ``--schedules`` pipelines (1,000) whose cron schedules are all due on
+   the same second, served by one ``baton.scheduler.run_schedules`` process; lateness is
+   the time from the slot's due time to the receipt of its trigger, p50/p99/max.
 
 Completions are observed the way any outside subscriber would: a core NATS subscription on
 the relayed ``<prefix>.evt.<tenant>.run.run_completed`` subject. Everything is bounded in
@@ -86,6 +89,7 @@ class Sizes:
     run_timeout: float
     timers: int
     only: str | None
+    schedules: int = 1_000
     monitors: int = 1_000
     monitor_seconds: float = 10.0
 
@@ -653,6 +657,98 @@ async def bench_monitors(stack: DevStack, sizes: Sizes, log_dir: Path, results: 
         await engine.dispose()
 
 
+# --- 6. schedule lateness -------------------------------------------------------------------
+SCHEDULE_LOAD_SECONDS = 120.0
+
+
+async def bench_schedules(stack: DevStack, sizes: Sizes, log_dir: Path, results: Results) -> None:
+    """Lateness of ``sizes.schedules`` schedules due on the same second, from due time to trigger received."""
+    from datetime import UTC, datetime, timedelta
+
+    prefix = f"bench{secrets.token_hex(3)}"
+    subjects = Subjects(prefix)
+    engine = make_engine(stack.database_url, pool_size=2)
+    nc = await nats.connect(stack.nats_url, name="baton-bench-schedules")
+    services: Services | None = None
+    try:
+        await migrate(engine)
+        js = nc.jetstream()
+        await bus.ensure_streams(js, subjects)
+        kv = await bus.definitions_bucket(js, subjects)
+        # Every schedule fires once a minute at the same second, ~45 s from now (loading 1,000
+        # schedules takes a while); the first slot after all are loaded is measured.
+        second = (datetime.now(UTC) + timedelta(seconds=45)).second
+        for i in range(sizes.schedules):
+            document = {
+                "name": f"cron-{i}",
+                "trigger": {"type": "bench.cron"},
+                "steps": [{"name": "noop", "type": "action", "uses": "shell", "with": {"command": "true"}}],
+                "schedule": {"cron": f"{second} * * * * *"},
+            }
+            body = {"tenant": TENANT, "name": document["name"], "version": 1, "definition": document}
+            await kv.put(subjects.definition_key("pipeline", TENANT, document["name"]), json.dumps(body).encode())
+
+        received: dict[str, list[float]] = {}
+
+        async def on_trigger(msg: Any) -> None:
+            at = time.time()
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                slot = datetime.fromisoformat(json.loads(msg.data)["scheduled_at"].replace("Z", "+00:00"))
+                received.setdefault(slot.isoformat(), []).append(at)
+
+        await nc.subscribe(subjects.trigger_wildcard, cb=on_trigger)
+        await nc.flush()
+        env = dict(os.environ)
+        env.update(
+            BATON_DATABASE_URL=stack.database_url,
+            BATON_NATS_URL=stack.nats_url,
+            BATON_SUBJECT_PREFIX=prefix,
+            BATON_LOG_LEVEL="WARNING",
+        )
+        services = Services(log_dir, env)
+        load_started = time.monotonic()
+        services.start("scheduler", "baton.scheduler.run_schedules")
+        activated = 0
+        while activated < sizes.schedules:
+            services.check_alive()
+            if time.monotonic() - load_started > SCHEDULE_LOAD_SECONDS:
+                raise RuntimeError(f"only {activated} of {sizes.schedules} schedules loaded in time")
+            await asyncio.sleep(0.2)  # polling a count, with a deadline
+            async with engine.connect() as conn:
+                activated = int(
+                    (await conn.execute(text("SELECT count(*) FROM events WHERE type = 'schedule_activated'")))
+                    .scalar_one()
+                )
+        load_seconds = time.monotonic() - load_started
+        now = datetime.now(UTC)
+        due = now.replace(second=second, microsecond=0)
+        while due <= now + timedelta(seconds=1):
+            due += timedelta(minutes=1)
+        key = due.isoformat()
+        print(f"  {sizes.schedules:,} schedules loaded in {load_seconds:.1f} s; measuring slot {key}", flush=True)
+        deadline = due.timestamp() + 30
+        while len(received.get(key, [])) < sizes.schedules and time.time() < deadline:
+            services.check_alive()
+            await asyncio.sleep(0.1)  # polling the receipts, with a deadline
+        lateness = sorted((at - due.timestamp()) * 1000 for at in received.get(key, []))
+        if lateness:
+            p50, p99 = percentile(lateness, 50), percentile(lateness, 99)
+            verdict = "meets" if p99 <= GOAL_P99_MS else "misses"
+            results.add(
+                f"schedule lateness ({sizes.schedules:,} due on one second)",
+                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lateness[-1]:.1f} ms",
+                f"p99 {verdict} the {GOAL_P99_MS:.0f} ms goal; {len(lateness):,} triggers received",
+            )
+        if len(lateness) < sizes.schedules:
+            results.notes.append(f"schedules: {len(lateness)} of {sizes.schedules} triggers received for {key}")
+    finally:
+        if services is not None:
+            services.stop()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await engine.dispose()
+
+
 # --- main ---------------------------------------------------------------------------------
 def print_table(machine: list[tuple[str, str]], results: Results, sizes: Sizes) -> None:
     print()
@@ -683,7 +779,10 @@ def parse_args(argv: list[str] | None) -> Sizes:
     parser.add_argument("--duration", type=float, help="seconds of the latency probe (10; 3 quick)")
     parser.add_argument("--workers", type=int, default=2, choices=range(1, 9), help="worker processes (2)")
     parser.add_argument("--timers", type=int, default=1_000, help="timers due within one second (1,000)")
-    parser.add_argument("--only", choices=("store", "runs", "timers", "monitors"), help="run one section only")
+    parser.add_argument(
+        "--only", choices=("store", "runs", "timers", "monitors", "schedules"), help="run one section only"
+    )
+    parser.add_argument("--schedules", type=int, default=1_000, help="schedules due on one second (1,000)")
     parser.add_argument("--monitors", type=int, default=1_000, help="file monitors for the monitor benchmark (1,000)")
     args = parser.parse_args(argv)
     return Sizes(
@@ -696,6 +795,7 @@ def parse_args(argv: list[str] | None) -> Sizes:
         timers=min(max(args.timers, 1), 20_000),
         only=args.only,
         monitors=min(max(args.monitors, 1), 20_000),
+        schedules=min(max(args.schedules, 1), 20_000),
         monitor_seconds=5.0 if args.quick else 10.0,
     )
 
@@ -723,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
         if sizes.only in (None, "monitors"):
             print(f"5. monitors ({sizes.monitors:,} file monitors for {sizes.monitor_seconds:g} s)", flush=True)
             asyncio.run(bench_monitors(stack, sizes, data_dir, results))
+        if sizes.only in (None, "schedules"):
+            print(f"6. schedule lateness ({sizes.schedules:,} schedules due on one second)", flush=True)
+            asyncio.run(bench_schedules(stack, sizes, data_dir, results))
     except KeyboardInterrupt:
         results.notes.append("interrupted")
         status = 130

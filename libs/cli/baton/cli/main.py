@@ -10,6 +10,7 @@ import typer
 
 from baton.cli.client_commands import apply_command, emit_command, runs_app
 from baton.cli.operator_commands import dead_letters_app, pipelines_app, replay_command
+from baton.cli.schedule_commands import backfill_command, schedules_app
 
 app = typer.Typer(
     help="Baton: event-sourced, push-based orchestration over NATS and PostgreSQL.",
@@ -24,6 +25,8 @@ app.command("emit", help="Publish a trigger straight to NATS.")(emit_command)
 app.command("replay", help="Replay a stored trigger, or in bulk by filter (through the API).")(replay_command)
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(schedules_app, name="schedules")
+app.command("backfill", help="Run a pipeline's schedule slots over a past time range.")(backfill_command)
 
 
 def _database_url(value: str | None) -> str:

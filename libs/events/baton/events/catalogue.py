@@ -401,6 +401,76 @@ class TimerCanceled(EventData):
 
 
 # --- schedules (scheduler service) -------------------------------------------------------
+# One stream per scheduled pipeline, ``schedule-<tenant>.<pipeline>`` (stream_ids.schedule_stream).
+# The scheduler appends with the stream's version as expected version, so of two replicas
+# deciding the same slot only one records it (and only that one publishes its trigger).
+
+
+class ScheduleActivated(EventData):
+    """A pipeline's schedule is live with these cron strings; slots before ``since`` are not missed."""
+
+    event_type: ClassVar[str] = "schedule_activated"
+    tenant: str
+    pipeline: str
+    pipeline_version: int
+    cron: list[str]
+    timezone: str
+    missed: str = Field(description="Missed-fire policy: 'skip', 'latest' or 'catch_up'.")
+    since: datetime = Field(description="Missed-slot detection starts here (new or changed cron, re-enabled).")
+    reason: str = Field(default="", description="'created', 'changed' or 'enabled'.")
+
+
+class ScheduleDeactivated(EventData):
+    """The schedule stopped: its pipeline was deleted or disabled, or the schedule removed or disabled."""
+
+    event_type: ClassVar[str] = "schedule_deactivated"
+    tenant: str
+    pipeline: str
+    reason: str
+
+
+class ScheduleFired(EventData):
+    """A slot fires: recorded (up to the scheduler's fire lead ahead), then its trigger is published at the slot."""
+
+    event_type: ClassVar[str] = "schedule_fired"
+    tenant: str
+    pipeline: str
+    slot: datetime = Field(description="The slot's due time (the trigger's scheduled_at).")
+    kind: str = Field(description="'on_time', 'latest' (missed, policy latest) or 'catch_up' (missed, catch_up).")
+    trigger_id: str
+    idempotency_key: str
+    trigger_type: str
+    slice_key: str | None = None
+    fired_at: datetime = Field(
+        description="When the trigger goes out: the slot itself for a fire claimed ahead, later for a late one."
+    )
+
+
+class ScheduleSkipped(EventData):
+    """Slots that did not fire: missed (policy skip, outside the window) or the pipeline was draining."""
+
+    event_type: ClassVar[str] = "schedule_skipped"
+    tenant: str
+    pipeline: str
+    first_slot: datetime
+    last_slot: datetime
+    count: int = Field(ge=1)
+    count_exact: bool = Field(default=True, description="False: at least ``count`` slots (dense schedules).")
+    reason: str
+
+
+class ScheduleBackfilled(EventData):
+    """A backfill published one trigger per slot in ``[from_time, to_time]``, each with its slice key."""
+
+    event_type: ClassVar[str] = "schedule_backfilled"
+    tenant: str
+    pipeline: str
+    from_time: datetime
+    to_time: datetime
+    count: int = Field(ge=0)
+    first_slot: datetime | None = None
+    last_slot: datetime | None = None
+    actor: str | None = None
 
 
 # --- monitors (monitor service) ----------------------------------------------------------

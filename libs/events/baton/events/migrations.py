@@ -206,6 +206,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             decision  text NOT NULL,
             doc       jsonb NOT NULL,
             PRIMARY KEY (tenant, name, seq)
+        """,
+    ),
+    Migration(
+        6,
+        "schedule projections",
+        """
+        CREATE TABLE IF NOT EXISTS proj.schedules (
+            tenant      text NOT NULL,
+            pipeline    text NOT NULL,
+            updated_at  timestamptz NOT NULL,
+            doc         jsonb NOT NULL,
+            PRIMARY KEY (tenant, pipeline)
+        );
+        CREATE TABLE IF NOT EXISTS proj.schedule_history (
+            tenant    text NOT NULL,
+            pipeline  text NOT NULL,
+            position  bigint NOT NULL,
+            at        timestamptz NOT NULL,
+            kind      text NOT NULL,
+            doc       jsonb NOT NULL,
+            PRIMARY KEY (tenant, pipeline, position)
         );
         """,
     ),

@@ -24,12 +24,15 @@ from baton.events.monitor_read_models import project_monitors
 from baton.events.postgres_store import COLUMNS, row_to_event
 from baton.events.projections import pipelines as pipeline_projection
 from baton.events.projections import run_summary, timeline
+from baton.events.projections import schedules as schedule_projection
 from baton.events.projections import triggers as trigger_projection
 from baton.events.schema import PROJECTION_SCHEMA, PROJECTION_TABLES, events
 from baton.events.schema import dead_letters as dead_letters_table
 from baton.events.schema import pipelines as pipelines_table
 from baton.events.schema import projection_checkpoint as checkpoint_table
 from baton.events.schema import runs as runs_table
+from baton.events.schema import schedule_history as schedule_history_table
+from baton.events.schema import schedules as schedules_table
 from baton.events.schema import step_runs as step_runs_table
 from baton.events.schema import timeline as timeline_table
 from baton.events.schema import triggers as triggers_table
@@ -65,6 +68,7 @@ async def apply_batch(conn: AsyncConnection, batch_size: int = 1000) -> int:
     await _project_triggers(conn, by_kind.get("trigger", {}))
     await _project_pipelines(conn, by_kind.get("pipeline", {}))
     await project_monitors(conn, [*by_kind.get("monitor", {}).values(), *by_kind.get("monitor_ticks", {}).values()])
+    await _project_schedules(conn, by_kind.get("schedule", {}))
     await write_checkpoint(conn, checkpoint_table, CHECKPOINT_NAME, batch[-1].position)
     return len(batch)
 
@@ -181,6 +185,34 @@ async def _project_pipelines(conn: AsyncConnection, streams: dict[str, list[Stor
                  "updated_at": _ts(doc["updated_at"]), "doc": doc, "state": doc.get("state", "active")}
             )
     await _upsert(conn, pipelines_table, rows, ["tenant", "name"])
+
+
+async def _project_schedules(conn: AsyncConnection, streams: dict[str, list[StoredEvent]]) -> None:
+    if not streams:
+        return
+    rows: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
+    for stream_id, stream_events in streams.items():
+        tenant, _, pipeline = stream_id.removeprefix("schedule-").partition(".")
+        existing = (
+            await conn.execute(
+                select(schedules_table.c.doc).where(
+                    schedules_table.c.tenant == tenant, schedules_table.c.pipeline == pipeline
+                )
+            )
+        ).scalar()
+        doc: dict[str, Any] = existing or schedule_projection.initial(tenant, pipeline)
+        for event in stream_events:
+            doc = schedule_projection.apply_schedule(doc, event)
+            if event.type in schedule_projection.HISTORY_TYPES:
+                entries.append(
+                    {"tenant": tenant, "pipeline": pipeline, "position": event.position, "at": event.recorded_at,
+                     "kind": event.type, "doc": schedule_projection.history_entry(event)}
+                )
+        rows.append({"tenant": tenant, "pipeline": pipeline, "updated_at": stream_events[-1].recorded_at, "doc": doc})
+    await _upsert(conn, schedules_table, rows, ["tenant", "pipeline"])
+    if entries:
+        await conn.execute(pg_insert(schedule_history_table).on_conflict_do_nothing(), entries)
 
 
 async def _upsert(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:

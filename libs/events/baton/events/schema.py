@@ -170,6 +170,29 @@ monitor_ticks = Table(
     schema=PROJECTION_SCHEMA,
 )
 
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("pipeline", Text, primary_key=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("doc", JSONB, nullable=False),
+    schema=PROJECTION_SCHEMA,
+)
+
+schedule_history = Table(
+    "schedule_history",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("pipeline", Text, primary_key=True),
+    Column("position", BigInteger, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("doc", JSONB, nullable=False),
+    schema=PROJECTION_SCHEMA,
+)
+
 PROJECTION_TABLES = (
-    projection_checkpoint, runs, step_runs, timeline, triggers, pipelines, dead_letters, monitors, monitor_ticks
+    projection_checkpoint, runs, step_runs, timeline, triggers, pipelines, dead_letters, monitors, monitor_ticks,
+    schedules, schedule_history,
 )

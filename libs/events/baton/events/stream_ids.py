@@ -37,6 +37,11 @@ def monitor_of(stream_id: str) -> tuple[str, str]:
     return tenant, name
 
 
+def schedule_stream(tenant: str, pipeline: str) -> str:
+    """The stream of one pipeline's schedule: activations, fires, skips and backfills."""
+    return f"schedule-{tenant}.{pipeline}"
+
+
 def run_id_of(stream_id: str) -> str:
     """The run id inside a run stream id."""
     if not stream_id.startswith("run-"):

@@ -28,6 +28,7 @@ from baton.api.definitions import republish_all_definitions
 from baton.api.dependencies import ApiResources
 from baton.api.monitor_store import republish_all_monitors
 from baton.api.pipeline_control import republish_all_controls
+from baton.api.routes_schedules import router as schedules_router
 from baton.api.settings import ApiSettings
 from baton.events.bus import connect, definitions_bucket, ensure_streams
 from baton.events.db import make_engine
@@ -62,6 +63,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_dead_letters.router)
     app.include_router(routes_replays.router)
     app.include_router(routes_monitors.router)
+    app.include_router(schedules_router)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

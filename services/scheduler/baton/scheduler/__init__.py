@@ -1,1 +1,1 @@
-"""Scheduler service: durable timers (and, later, cron schedules) over NATS and PostgreSQL."""
+"""The scheduler service: durable timers and cron schedules over NATS and PostgreSQL."""

@@ -25,6 +25,7 @@ from baton.events.db import make_engine
 from baton.events.migrations import migrate
 from baton.events.subjects import Subjects
 from baton.events.waiting import wait_any
+from baton.scheduler.schedules import ScheduleService
 from baton.scheduler.settings import SchedulerSettings
 from baton.scheduler.timers import TimerService
 
@@ -61,7 +62,12 @@ def timer_component(context: SchedulerContext) -> SchedulerComponent:
     return TimerService(context.engine, context.js, context.subjects, context.settings)
 
 
-DEFAULT_COMPONENTS: tuple[ComponentFactory, ...] = (timer_component,)
+def schedule_component(context: SchedulerContext) -> SchedulerComponent:
+    """Cron schedules: each due slot becomes a trigger (missed fires follow the pipeline's policy)."""
+    return ScheduleService(context.js, context.engine, context.subjects, name=context.replica)
+
+
+DEFAULT_COMPONENTS: tuple[ComponentFactory, ...] = (timer_component, schedule_component)
 
 
 class SchedulerService:
