@@ -300,7 +300,11 @@ async def test_fifty_triggers_never_exceed_two_running_and_start_in_order(
         done = await asyncio.to_thread(events, database_url, None, ("run_completed",))
         return len(done) == 50
 
-    await wait_for(all_done, timeout=120, message="not every limited run finished")
+    try:
+        await wait_for(all_done, timeout=180, message="not every limited run finished")
+    except AssertionError:
+        done = len(events(database_url, None, ("run_completed",)))
+        raise AssertionError(f"{done} of 50 runs completed\n{stack.logs()}") from None
     history = events(database_url, None, ("run_created", "run_started", "run_completed"))
     running, peak = 0, 0
     for event in history:

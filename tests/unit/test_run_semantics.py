@@ -384,3 +384,14 @@ def test_random_results_timers_cancels_and_retries_never_break_the_state_machine
     if state.is_terminal:
         assert state.timers == {}
         assert all(s.status in ("completed", "failed", "skipped") for s in state.steps.values())
+
+
+def test_a_queued_run_not_yet_stored_keeps_its_place_but_cannot_start() -> None:
+    admission = Admission(lambda tenant, pipeline: Limits(pipeline_max=1))
+    assert admission.admit("t", "p", "r1") is None
+    assert admission.admit("t", "p", "r2", stored=False) is not None
+    assert admission.admit("t", "p", "r3") is not None
+    admission.forget("r1")
+    assert admission.startable("t") == []  # r2's events are not committed: neither it nor r3 may start
+    admission.mark_stored("r2")
+    assert admission.startable("t") == [("r2", "p")]

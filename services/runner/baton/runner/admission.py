@@ -32,6 +32,7 @@ class Admission:
     tenant_active: dict[str, int] = field(default_factory=dict)
     queued: dict[str, dict[str, str]] = field(default_factory=dict)  # tenant -> {run_id: pipeline}, FIFO
     _where: dict[str, PipelineKey] = field(default_factory=dict)
+    _unstored: set[str] = field(default_factory=set)
 
     def blocked_by(self, tenant: str, pipeline: str, ignore_queue: bool = False) -> str | None:
         """Why a new run of ``pipeline`` cannot start now, or None when it may."""
@@ -47,20 +48,31 @@ class Admission:
             return "earlier runs of the pipeline are queued"
         return None
 
-    def admit(self, tenant: str, pipeline: str, run_id: str) -> str | None:
-        """Take a slot for a new run (None), or queue it and return why it waits."""
+    def admit(self, tenant: str, pipeline: str, run_id: str, stored: bool = True) -> str | None:
+        """Take a slot for a new run (None), or queue it and return why it waits.
+
+        ``stored=False``: the run's pending state is not committed yet; it keeps its place
+        in the queue but cannot start (nor let later runs of its pipeline pass it) until
+        ``mark_stored``.
+        """
         reason = self.blocked_by(tenant, pipeline)
         if reason is None:
             self._activate(tenant, pipeline, run_id)
         else:
-            self.enqueue(tenant, pipeline, run_id)
+            self.enqueue(tenant, pipeline, run_id, stored)
         return reason
 
-    def enqueue(self, tenant: str, pipeline: str, run_id: str) -> None:
+    def enqueue(self, tenant: str, pipeline: str, run_id: str, stored: bool = True) -> None:
         """Put a pending run at the back of its tenant's queue."""
         if run_id not in self._where:
             self.queued.setdefault(tenant, {})[run_id] = pipeline
             self._where[run_id] = (tenant, pipeline)
+            if not stored:
+                self._unstored.add(run_id)
+
+    def mark_stored(self, run_id: str) -> None:
+        """The run's pending state is committed: it may start when its turn comes."""
+        self._unstored.discard(run_id)
 
     def activate(self, tenant: str, pipeline: str, run_id: str) -> None:
         """Count a run that is already running (rebuilding from the store)."""
@@ -76,6 +88,7 @@ class Admission:
 
     def forget(self, run_id: str) -> PipelineKey | None:
         """A run ended (or its creation was not stored): free its slot or its place in the queue."""
+        self._unstored.discard(run_id)
         key = self._where.pop(run_id, None)
         if key is None:
             return None
@@ -97,6 +110,9 @@ class Admission:
         blocked: set[str] = set()
         for run_id, pipeline in list(self.queued.get(tenant, {}).items()):
             if pipeline in blocked:
+                continue
+            if run_id in self._unstored:
+                blocked.add(pipeline)
                 continue
             if self.blocked_by(tenant, pipeline, ignore_queue=True) is not None:
                 blocked.add(pipeline)

@@ -264,7 +264,10 @@ class RunnerService:
                     return None
                 continue  # another trigger took one of the slices meanwhile: plan again
             for decision in intake.runs:
+                self._admission.mark_stored(decision.state.run_id)
                 await self._effects(None, decision)
+            if any(d.state.status == "pending" for d in intake.runs):
+                self._pump(accepted.tenant)  # a slot may have freed while the queued runs were being stored
             return intake
         raise RuntimeError(f"trigger {accepted.trigger_id}: runs kept conflicting")
 
@@ -282,7 +285,8 @@ class RunnerService:
                     skip_reason=f"slice {message.slice_key!r} already has run {run_id}; "
                     "send rerun_slice: true to run it again",
                 )
-        return MatchPlan(match, run_id, queued_reason=self._admission.admit(tenant, match.name, run_id))
+        queued = self._admission.admit(tenant, match.name, run_id, stored=False)
+        return MatchPlan(match, run_id, queued_reason=queued)
 
     async def _stream_exists(self, stream_id: str) -> bool:
         async with self._engine.connect() as conn:
@@ -533,7 +537,7 @@ class RunnerService:
 
         def decide(state: RunState) -> Decision:
             decision = retry_run(state, command.reason, command.actor, _now(), metadata, command.dead_letter_id)
-            reason = self._admission.admit(state.tenant, state.pipeline, run_id)
+            reason = self._admission.admit(state.tenant, state.pipeline, run_id, stored=False)
             follow = (
                 start_run(decision.state, _now(), metadata)
                 if reason is None
@@ -545,12 +549,15 @@ class RunnerService:
             return decision
 
         try:
-            _, decision = await self._decide_and_apply(run_id, decide)
+            state, decision = await self._decide_and_apply(run_id, decide)
         except Rejected:
             raise
         except Exception:
             self._admission.forget(run_id)
             raise
+        self._admission.mark_stored(run_id)
+        if state is not None:
+            self._pump(state.tenant)
         status = decision.state.status if decision else "unknown"
         return CommandReply(status=200, message=f"run {run_id} retried from its first failed step",
                             data={"run_id": run_id, "status": status})
