@@ -206,6 +206,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             decision  text NOT NULL,
             doc       jsonb NOT NULL,
             PRIMARY KEY (tenant, name, seq)
+        );
         """,
     ),
     Migration(
