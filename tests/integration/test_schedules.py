@@ -269,7 +269,7 @@ async def test_paused_pipeline_does_not_fire_and_catches_up_on_resume(env: Env) 
     clock = FakeClock(T0)
     await env.put_control("batch", "paused")
     await env.put_pipeline(pipeline_document("batch", missed="catch_up"))
-    await env.start(clock, misfire_grace=timedelta(milliseconds=200), fire_lead=LEAD)
+    service, _ = await env.start(clock, misfire_grace=timedelta(milliseconds=200), fire_lead=LEAD)
     await wait_for(lambda: _first_event(env, "batch", "schedule_activated"), message="activation")
     clock.advance(2.0)  # slots 1 and 2 come due while paused
     env.nudge()
@@ -279,6 +279,11 @@ async def test_paused_pipeline_does_not_fire_and_catches_up_on_resume(env: Env) 
     assert [t["slice_key"] for t in triggers] == [iso(whole(1)), iso(whole(2))]
 
     await env.put_control("batch", "draining")
+
+    async def draining_applied() -> bool:
+        return all(sch.control == "draining" for key, sch in service.schedules.items() if key[1] == "batch")
+
+    await wait_for(draining_applied, message="the scheduler saw the drain")  # before slot 3 comes due
     clock.now = whole(3) + timedelta(milliseconds=50)  # slot 3 due on time while draining
     env.nudge()
     skipped = await wait_for(lambda: _first_event(env, "batch", "schedule_skipped"), message="draining skips")
