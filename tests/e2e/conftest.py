@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,9 +63,12 @@ class Services:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.log_dir.glob("*.log")))
 
 
-@pytest.fixture
-def services(database_url: str, nats_url: str, subject_prefix: str, tmp_path: Path) -> Iterator[Services]:
-    """Runner, worker and API processes sharing a fresh database and subject prefix."""
+@contextlib.contextmanager
+def running_services(
+    database_url: str, nats_url: str, subject_prefix: str, log_dir: Path,
+    processes: dict[str, str], **extra_env: str,
+) -> Iterator[Services]:
+    """Start ``processes`` (name -> module) on one database and subject prefix; stop them all on exit."""
     port = find_free_port()
     env = {
         **os.environ,
@@ -76,11 +80,11 @@ def services(database_url: str, nats_url: str, subject_prefix: str, tmp_path: Pa
         "BATON_REDISPATCH_AFTER_SECONDS": "2",
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
-    svc = Services(env=env, api_url=f"http://127.0.0.1:{port}", log_dir=tmp_path)
-    svc.start("api", "baton.api.main")
-    svc.start("runner", "baton.runner.main")
-    svc.start("worker", "baton.runner.worker")
+    svc = Services(env=env, api_url=f"http://127.0.0.1:{port}", log_dir=log_dir)
+    for name, module in processes.items():
+        svc.start(name, module)
 
     def api_ready() -> bool:
         try:
@@ -93,6 +97,14 @@ def services(database_url: str, nats_url: str, subject_prefix: str, tmp_path: Pa
         yield svc
     finally:
         svc.stop_all()
+
+
+@pytest.fixture
+def services(database_url: str, nats_url: str, subject_prefix: str, tmp_path: Path) -> Iterator[Services]:
+    """Runner, worker and API processes sharing a fresh database and subject prefix."""
+    processes = {"api": "baton.api.main", "runner": "baton.runner.main", "worker": "baton.runner.worker"}
+    with running_services(database_url, nats_url, subject_prefix, tmp_path, processes) as svc:
+        yield svc
 
 
 def wait_seconds(deadline: float) -> float:

@@ -9,7 +9,6 @@ its retry runs on the other worker.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -20,12 +19,11 @@ import httpx
 import psycopg
 import pytest
 
-from baton.devstack.ports import find_free_port
 from baton.events.db import libpq_url
 from baton.events.trigger import run_id_for, slice_run_id, trigger_id_for
-from tests.e2e.conftest import REPO, Services
+from tests.e2e.conftest import Services, running_services
 from tests.e2e.test_trigger_to_run import TENANT, publish
-from tests.helpers import wait_for, wait_for_sync
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 TERMINAL = ("completed", "failed", "canceled")
@@ -34,36 +32,12 @@ TERMINAL = ("completed", "failed", "canceled")
 @pytest.fixture
 def stack(database_url: str, nats_url: str, subject_prefix: str, tmp_path: Path) -> Iterator[Services]:
     """API, runner, scheduler and two workers, on a fresh database and subject prefix."""
-    port = find_free_port()
-    env = {
-        **os.environ,
-        "BATON_DATABASE_URL": database_url,
-        "BATON_NATS_URL": nats_url,
-        "BATON_SUBJECT_PREFIX": subject_prefix,
-        "BATON_PORT": str(port),
-        "BATON_TRIGGER_ACK_WAIT_SECONDS": "3",
-        "BATON_REDISPATCH_AFTER_SECONDS": "2",
-        "BATON_TIMER_POLL_SECONDS": "0.5",
-        "PYTHONPATH": str(REPO),
-        "PYTHONUNBUFFERED": "1",
-    }
-    svc = Services(env=env, api_url=f"http://127.0.0.1:{port}", log_dir=tmp_path)
-    for name, module in (("api", "baton.api.main"), ("runner", "baton.runner.main"),
-                         ("scheduler", "baton.scheduler.main"), ("worker", "baton.runner.worker"),
-                         ("worker2", "baton.runner.worker")):
-        svc.start(name, module)
-
-    def api_ready() -> bool:
-        try:
-            return httpx.get(f"{svc.api_url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for_sync(api_ready, timeout=60, message="API never became ready")
+    processes = {"api": "baton.api.main", "runner": "baton.runner.main", "scheduler": "baton.scheduler.main",
+                 "worker": "baton.runner.worker", "worker2": "baton.runner.worker"}
+    with running_services(
+        database_url, nats_url, subject_prefix, tmp_path, processes, BATON_TIMER_POLL_SECONDS="0.5"
+    ) as svc:
         yield svc
-    finally:
-        svc.stop_all()
 
 
 def py(name: str, ref: str, **extra: Any) -> dict[str, Any]:

@@ -9,9 +9,7 @@ replica the only writer of a monitor's ticks.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -19,8 +17,9 @@ from sqlalchemy.exc import DBAPIError
 
 from baton.events.catalogue import MonitorTicked
 from baton.events.envelope import EventMetadata
+from baton.events.group_commit import GroupCommitter
 from baton.events.postgres_store import PostgresEventStore
-from baton.events.store import ANY_VERSION, AppendRequest, StoreUnavailable, WrongExpectedVersion
+from baton.events.store import ANY_VERSION, AppendRequest, StoreUnavailable
 from baton.events.stream_ids import monitor_ticks_stream
 
 log = logging.getLogger(__name__)
@@ -32,70 +31,34 @@ LATEST_CURSOR = text(
 MAX_BATCH = 2000
 
 
-@dataclass
-class _Queued:
-    request: AppendRequest
-    done: asyncio.Future[None]
-
-
 class TickRecorder:
     """Appends tick events in group-committed batches; ``record`` returns once the tick is durable."""
 
     def __init__(self, store: PostgresEventStore, replica: str) -> None:
         self._store = store
         self._replica = replica
-        self._queue: list[_Queued] = []
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._committer = GroupCommitter(store, max_units=MAX_BATCH)
         self.recorded = 0
 
     def start(self) -> None:
         """Start the flusher task."""
-        self._task = asyncio.create_task(self._flush_forever(), name="tick-recorder")
+        self._committer.start()
 
     async def close(self) -> None:
         """Flush what is queued, then stop."""
-        while self._queue:
-            await self._flush_once()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._committer.close()
 
     async def record(self, tick: MonitorTicked) -> None:
         """Append one tick to its monitor's tick stream; raises StoreUnavailable if it could not be stored."""
         event = tick.to_event(EventMetadata(actor=self._replica, correlation_id=tick.tick_id))
         request = AppendRequest(monitor_ticks_stream(tick.tenant, tick.name), tick.tenant, [event], ANY_VERSION)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(request, done))
-        self._ready.set()
-        await done
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self._queue:
-                await self._flush_once()
-
-    async def _flush_once(self) -> None:
-        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         try:
-            outcomes = await self._store.append_units([[q.request] for q in batch])
-        except Exception as exc:  # every waiter learns of it; the flusher lives on
-            log.warning("recording %d tick(s) failed: %s", len(batch), exc)
-            failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
-            for queued in batch:
-                if not queued.done.done():
-                    queued.done.set_exception(failure)
-            return
-        for queued, outcome in zip(batch, outcomes, strict=True):
-            if queued.done.done():
-                continue
-            if isinstance(outcome, WrongExpectedVersion):  # impossible with ANY_VERSION; never hang a waiter
-                queued.done.set_exception(StoreUnavailable(str(outcome)))
-            else:
-                queued.done.set_result(None)
-        self.recorded += len(batch)
+            await self._committer.submit([request])
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # WrongExpectedVersion cannot happen with ANY_VERSION; never hang a caller
+            raise StoreUnavailable(str(exc)) from exc
+        self.recorded += 1
 
 
 async def load_cursor(store: PostgresEventStore, tenant: str, name: str) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ from baton.events.expressions import ExpressionError, evaluate_condition
 from baton.events.messages import StepLogBatch, StepOutcome, StepProgress
 from baton.events.pipeline import RetryPolicy
 from baton.events.timers import TimerPurpose, run_timer_id
-from baton.runner.run_state import BUSY_STEP, WAIT_TIMERS, RunState, StepState, Timer, evolve
+from baton.runner.run_state import WAIT_TIMERS, RunState, StepState, Timer, evolve
 
 DEFAULT_RETRY = RetryPolicy()
 
@@ -578,7 +578,6 @@ def busy_steps(state: RunState) -> list[str]:
 
 
 __all__ = [
-    "BUSY_STEP",
     "Decision",
     "Rejected",
     "advance",

@@ -25,7 +25,6 @@ from baton.events.stream_ids import run_stream
 
 TERMINAL_RUN = frozenset({"completed", "failed", "canceled"})
 TERMINAL_STEP = frozenset({"completed", "failed", "skipped"})
-BUSY_STEP = frozenset({"scheduled", "running", "retrying"})
 WORKER_KINDS = frozenset({"action", "condition"})
 WAIT_TIMERS = frozenset({"delay", "backoff"})
 

@@ -31,6 +31,7 @@ from baton.events.checkpoints import read_checkpoint, write_checkpoint
 from baton.events.commands import CancelRun, CommandReply, ReplayTrigger, RetryRun
 from baton.events.db import make_engine
 from baton.events.envelope import EventMetadata
+from baton.events.group_commit import GroupCommitter
 from baton.events.listener import listen_for_commits
 from baton.events.messages import StepLogBatch, StepOutcome, StepProgress, WorkerReply, WorkItem
 from baton.events.migrations import migrate
@@ -65,7 +66,6 @@ from baton.runner.decide import (
     start_run,
 )
 from baton.runner.definitions import DefinitionIndex
-from baton.runner.group_commit import GroupCommitter
 from baton.runner.intake import MatchPlan, TriggerIntake, accept_trigger, reject_trigger
 from baton.runner.keyed_locks import KeyedLocks
 from baton.runner.run_state import RunState, Timer, fold
@@ -524,13 +524,11 @@ class RunnerService:
         return await self._retry(command, metadata)
 
     async def _cancel(self, command: CancelRun, metadata: EventMetadata) -> CommandReply:
-        def decide(state: RunState) -> Decision | None:
-            return cancel_run(state, command.reason, command.actor, _now(), metadata)
-
-        state, decision = await self._decide_and_apply(command.run_id, decide)
-        final = decision.state if decision is not None else state
+        await self._decide_and_apply(
+            command.run_id, lambda state: cancel_run(state, command.reason, command.actor, _now(), metadata)
+        )
         return CommandReply(status=200, message=f"run {command.run_id} canceled",
-                            data={"run_id": command.run_id, "status": final.status if final else "canceled"})
+                            data={"run_id": command.run_id, "status": "canceled"})
 
     async def _retry(self, command: RetryRun, metadata: EventMetadata) -> CommandReply:
         run_id = command.run_id
